@@ -1,0 +1,61 @@
+"""lora-diffusion: train LoRA adapters for diffusion models and blend them by weight.
+
+The data path, one module per stage:
+files → ``data`` → latents/text states → ``training`` → adapter file (``adapters``)
+→ loader (``adapters.apply``) → blended weights (``lora``) → pipeline → images.
+"""
+
+__version__ = "0.1.0"
+
+from .adapters.apply import (  # noqa: E402
+    apply_adapter,
+    extract_adapter,
+    load_adapter,
+    pipeline_components,
+    save_adapter,
+)
+from .adapters.file import AdapterFile, ModuleLora, read_adapter, write_adapter  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .lora.config import LoraConfig  # noqa: E402
+from .lora.inject import (  # noqa: E402
+    adapter_names,
+    delete_adapter,
+    inject_adapter,
+    lora_layers,
+    lora_parameters,
+    merge_adapters,
+    parameter_report,
+    remove_lora,
+    set_adapter_enabled,
+    set_adapter_weight,
+    unmerge_adapters,
+)
+from .lora.layers import LoraConv2d, LoraLayer, LoraLinear  # noqa: E402
+
+__all__ = [
+    "AdapterFile",
+    "LoraConfig",
+    "LoraConv2d",
+    "LoraLayer",
+    "LoraLinear",
+    "ModuleLora",
+    "UserError",
+    "adapter_names",
+    "apply_adapter",
+    "delete_adapter",
+    "extract_adapter",
+    "inject_adapter",
+    "load_adapter",
+    "lora_layers",
+    "lora_parameters",
+    "merge_adapters",
+    "parameter_report",
+    "pipeline_components",
+    "read_adapter",
+    "remove_lora",
+    "save_adapter",
+    "set_adapter_enabled",
+    "set_adapter_weight",
+    "unmerge_adapters",
+    "write_adapter",
+]

@@ -1,0 +1,262 @@
+"""Between adapter files and networks: take an adapter out of a model, put a file into one.
+
+A *components* dict names the networks of one pipeline by their kohya role:
+``{"unet": unet, "te": text_encoder}`` or, for SDXL, ``{"unet", "te1", "te2"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError
+from ..lora.config import LoraConfig
+from ..lora.inject import base_modules, lora_layers
+from ..lora.layers import LoraLayer, wrap_module
+from ..models.architecture import ARCH_LABELS, KOHYA_BASE_VERSION, detect_unet_architecture, fingerprint
+from .file import META_PREFIX, AdapterFile, ModuleLora, read_adapter, write_adapter
+from .naming import component_of, kohya_name
+
+Components = Mapping[str, nn.Module]
+
+
+def pipeline_components(pipe) -> dict[str, nn.Module]:
+    """The LoRA-able networks of a diffusers pipeline, keyed by kohya role."""
+    components: dict[str, nn.Module] = {"unet": pipe.unet}
+    te, te2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
+    if te2 is not None:
+        if te is not None:
+            components["te1"] = te
+        components["te2"] = te2
+    elif te is not None:
+        components["te"] = te
+    return components
+
+
+def components_architecture(components: Components) -> str:
+    if "unet" in components:
+        arch = detect_unet_architecture(components["unet"])
+        return "sdxl" if arch == "custom" and "te2" in components else arch
+    return "sdxl" if "te2" in components else "custom"
+
+
+def _base_weight(layer: LoraLayer) -> torch.Tensor:
+    return layer._pristine[0] if layer.merged else layer.base_layer.weight
+
+
+def extract_adapter(
+    components: Components,
+    name: str,
+    *,
+    base: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> AdapterFile:
+    """The adapter ``name`` as an ``AdapterFile`` with kohya names and full metadata.
+
+    base: architecture label to record (default: detected from the UNet).
+    metadata: extra entries (training settings, dataset summary); values that are
+    not strings are stored as JSON.
+    """
+    modules: dict[str, ModuleLora] = {}
+    fingerprint_weights: dict[str, torch.Tensor] = {}
+    targets: dict[str, list[str]] = {}
+    for component, model in components.items():
+        suffixes: set[str] = set()
+        for path, layer in lora_layers(model).items():
+            if name not in layer.rank:
+                continue
+            key = kohya_name(component, path)
+            rank = layer.rank[name]
+            entry = ModuleLora()
+            if rank:
+                entry.down = layer.lora_A[name].weight.detach()
+                entry.up = layer.lora_B[name].weight.detach()
+                entry.alpha = layer.alpha[name]
+                parts = path.split(".")
+                suffixes.add(".".join(parts[-3:] if parts[-1].isdigit() else parts[-2:]))
+            if name in layer.lora_bias:
+                entry.diff_b = layer.lora_bias[name].detach()
+            modules[key] = entry
+            fingerprint_weights[key] = _base_weight(layer)
+        if suffixes:
+            targets[component] = sorted(suffixes)
+    if not modules:
+        raise UserError(f"no adapter named {name!r} in the model; nothing to save")
+    adapter = AdapterFile(modules)
+    arch = base or components_architecture(components)
+    rank, alpha = adapter.rank, adapter.alpha
+    convs = [m for m in modules.values() if m.down is not None and m.down.dim() == 4 and m.down.shape[-1] > 1]
+    meta: dict[str, object] = {
+        META_PREFIX + "format": "kohya",
+        META_PREFIX + "version": __version__,
+        META_PREFIX + "rank": rank,
+        META_PREFIX + "alpha": _num(alpha),
+        META_PREFIX + "targets": json.dumps(targets),
+        META_PREFIX + "base": arch,
+        META_PREFIX + "base_fingerprint": fingerprint(fingerprint_weights),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": rank,
+        "ss_network_alpha": _num(alpha),
+        "ss_base_model_version": KOHYA_BASE_VERSION.get(arch, "unknown"),
+        "ss_v2": str(arch == "sd2"),
+    }
+    if convs:
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(convs[0].rank), "conv_alpha": str(_num(convs[0].alpha))})
+    for key, value in (metadata or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    adapter.metadata = {k: str(v) for k, v in meta.items()}
+    return adapter
+
+
+def _num(value: float | None) -> object:
+    if value is None:
+        return ""
+    return int(value) if float(value).is_integer() else value
+
+
+def save_adapter(
+    path: str | os.PathLike,
+    components: Components,
+    name: str,
+    *,
+    dtype: str = "fp16",
+    base: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
+    """Write adapter ``name`` from ``components`` to a kohya-layout ``.safetensors`` file."""
+    return write_adapter(extract_adapter(components, name, base=base, metadata=metadata), path, dtype)
+
+
+def _fit(tensor: torch.Tensor, like: tuple[int, ...]) -> torch.Tensor | None:
+    """``tensor`` viewed in the shape the layer expects, or None if it cannot be.
+
+    kohya stores 1×1 convs and linears interchangeably for SD1 ``proj_in``/``proj_out``
+    (conv in SD1, linear in SD2), so (r, in) and (r, in, 1, 1) are the same thing.
+    """
+    if tuple(tensor.shape) == like:
+        return tensor
+    if tensor.numel() == torch.Size(like).numel() and tensor.shape[:2] == like[:2]:
+        return tensor.reshape(like)
+    return None
+
+
+def _mismatch(source: str, name: str, detail: str, file_arch: str, model_arch: str) -> UserError:
+    if file_arch != model_arch and "custom" not in (file_arch, model_arch):
+        cause = f"this LoRA was made for {ARCH_LABELS[file_arch]}; the loaded base is {ARCH_LABELS[model_arch]}"
+    else:
+        cause = "this LoRA was made for a different base model; load it with the base it was trained on"
+    return UserError(f"LoRA {source} does not fit the base model: module {name} {detail}; {cause}")
+
+
+def apply_adapter(
+    adapter: AdapterFile,
+    components: Components,
+    name: str,
+    *,
+    weight: float = 1.0,
+    trainable: bool = False,
+    source: str = "file",
+) -> list[str]:
+    """Add ``adapter`` to the networks under the adapter name ``name``.
+
+    Every tensor is checked against the model before anything changes: a missing
+    module or a wrong shape raises ``UserError`` naming the first offending module
+    and the likely cause, and leaves the model untouched.
+    """
+    model_arch = components_architecture(components)
+    file_arch = adapter.architecture()
+    lookup: dict[str, tuple[nn.Module, str, nn.Module]] = {}
+    for component, model in components.items():
+        for path, module in base_modules(model):
+            lookup[kohya_name(component, path)] = (model, path, module)
+    plan: list[tuple[nn.Module, str, str, ModuleLora, torch.Tensor | None, torch.Tensor | None]] = []
+    for key in sorted(adapter.modules):
+        entry = adapter.modules[key]
+        if component_of(key) not in components:
+            role = {"te": "a text encoder", "te1": "a first text encoder", "te2": "a second text encoder (SDXL)"}
+            wanted = role.get(component_of(key), component_of(key))
+            raise _mismatch(source, key, f"needs {wanted}, which the base does not have", file_arch, model_arch)
+        if key not in lookup:
+            raise _mismatch(source, key, "is not in the base model", file_arch, model_arch)
+        model, path, module = lookup[key]
+        down = up = None
+        if entry.down is not None:
+            base_w = module.weight
+            if isinstance(module, nn.Conv2d):
+                down_like = (entry.rank, *base_w.shape[1:])
+                up_like = (base_w.shape[0], entry.rank, 1, 1)
+            else:
+                down_like, up_like = (entry.rank, base_w.shape[1]), (base_w.shape[0], entry.rank)
+            down, up = _fit(entry.down, down_like), _fit(entry.up, up_like)
+            if down is None or up is None:
+                detail = (
+                    f"has lora_down {tuple(entry.down.shape)} / lora_up {tuple(entry.up.shape)} but the base layer "
+                    f"is {tuple(base_w.shape)}"
+                )
+                raise _mismatch(source, key, detail, file_arch, model_arch)
+        bias = getattr(module, "bias", None)
+        if entry.diff_b is not None and (bias is None or tuple(entry.diff_b.shape) != tuple(bias.shape)):
+            raise _mismatch(source, key, "has a bias delta that the base layer cannot take", file_arch, model_arch)
+        existing = model.get_submodule(path)
+        if isinstance(existing, LoraLayer) and name in existing.rank:
+            raise UserError(f"an adapter named {name!r} is already loaded; choose another name or unload it first")
+        plan.append((model, path, key, entry, down, up))
+
+    applied: list[str] = []
+    with torch.no_grad():
+        for model, path, key, entry, down, up in plan:
+            current = model.get_submodule(path)
+            layer = wrap_module(current)
+            config = LoraConfig(rank=max(entry.rank, 1), alpha=(entry.alpha or entry.rank or 1.0))
+            layer.add_adapter(name, config, rank=entry.rank, with_bias_delta=entry.diff_b is not None)
+            if down is not None:
+                layer.lora_A[name].weight.copy_(down)
+                layer.lora_B[name].weight.copy_(up)
+            if entry.diff_b is not None:
+                layer.lora_bias[name].copy_(entry.diff_b)
+            layer.set_weight(name, weight)
+            if layer is not current:
+                parent_path, _, child = path.rpartition(".")
+                setattr(model.get_submodule(parent_path) if parent_path else model, child, layer)
+            applied.append(key)
+    if not trainable:
+        for model in components.values():
+            for layer in lora_layers(model).values():
+                for store in (layer.lora_A, layer.lora_B):
+                    if name in store:
+                        store[name].requires_grad_(False)
+                if name in layer.lora_bias:
+                    layer.lora_bias[name].requires_grad_(False)
+    # merged layers must be re-blended so the new adapter shows in their weights
+    for model in components.values():
+        for layer in lora_layers(model).values():
+            if layer.merged:
+                layer.merge()
+    return applied
+
+
+def load_adapter(
+    path: str | os.PathLike,
+    components: Components,
+    name: str | None = None,
+    *,
+    weight: float = 1.0,
+    trainable: bool = False,
+) -> str:
+    """Read a LoRA file and add it to the networks; returns the adapter name used."""
+    adapter = read_adapter(path)
+    name = name or Path(path).stem.replace(".", "_")
+    apply_adapter(adapter, components, name, weight=weight, trainable=trainable, source=f"file {path}")
+    return name
+
+
+def rank_summary(adapter: AdapterFile) -> dict[int, int]:
+    """rank -> number of modules, for reports."""
+    return dict(Counter(m.rank for m in adapter.modules.values()))

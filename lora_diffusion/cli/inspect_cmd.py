@@ -1,0 +1,68 @@
+"""`lora-diffusion inspect FILE [--json]`: what an adapter file holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..adapters.apply import rank_summary
+from ..adapters.file import META_PREFIX, AdapterFile, read_adapter
+from ..adapters.naming import component_of
+from .text import safe_text
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show rank, alpha, targeted modules, base architecture, size and metadata of a LoRA file",
+        description="Show what a LoRA .safetensors file holds.",
+    )
+    parser.add_argument("file", metavar="FILE", help="LoRA .safetensors file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def describe(adapter: AdapterFile, path: Path) -> dict:
+    """The facts `inspect` reports, as a JSON-ready dict."""
+    per_component: dict[str, int] = {}
+    for name in adapter.modules:
+        role = component_of(name) or "?"
+        per_component[role] = per_component.get(role, 0) + 1
+    writer = adapter.metadata.get(META_PREFIX + "version")
+    alpha = adapter.alpha
+    return {
+        "file": str(path),
+        "format": adapter.metadata.get(META_PREFIX + "format", "kohya"),
+        "writer": f"lora-diffusion {writer}" if writer else "unknown",
+        "rank": adapter.rank,
+        "ranks": {str(k): v for k, v in sorted(rank_summary(adapter).items())},
+        "alpha": alpha if alpha is None or not float(alpha).is_integer() else int(alpha),
+        "modules": len(adapter.modules),
+        "components": per_component,
+        "base": adapter.architecture(),
+        "size_bytes": path.stat().st_size,
+        "metadata": dict(sorted(adapter.metadata.items())),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    info = describe(read_adapter(path), path)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=True))
+        return 0
+    comps = ", ".join(f"{role} {count}" for role, count in sorted(info["components"].items()))
+    lines = [
+        f"file:     {safe_text(info['file'])} ({info['size_bytes'] / 1e6:.2f} MB)",
+        f"format:   {info['format']} layout, written by {safe_text(info['writer'])}",
+        f"base:     {info['base']}",
+        f"rank:     {info['rank']}" + ("" if len(info["ranks"]) == 1 else f" (per module: {info['ranks']})"),
+        f"alpha:    {info['alpha']}",
+        f"modules:  {info['modules']} ({comps})",
+        "metadata:",
+    ]
+    lines += [f"  {safe_text(k)}: {safe_text(v, limit=300)}" for k, v in info["metadata"].items()]
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,75 @@
+"""`lora-diffusion` entry point: subcommands, and errors as one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from .. import __version__
+from ..errors import UserError
+from . import inspect_cmd, quickstart_cmd
+
+# each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
+COMMANDS = [inspect_cmd, quickstart_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-diffusion",
+        description="Train LoRA adapters for text-to-image diffusion models and blend them by weight.",
+    )
+    parser.add_argument("--version", action="version", version=f"lora-diffusion {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full Python tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = command.add_parser(subparsers)
+        # --debug is accepted after the subcommand too (`lora-diffusion inspect F --debug`)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (torchvision hints, telemetry notices) is noise on a CLI.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return int(run(args) or 0)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the contract is one line, never a traceback
+        if args.debug:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"error: unexpected {type(error).__name__}: {first} (rerun with --debug for the full traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,113 @@
+"""Tiny SD-architecture models built from configs with random weights.
+
+Same module layout as the real families (SD1.x conv projections, SD2.x linear
+projections and 1024-wide cross-attention, SDXL text_time conditioning and two
+text encoders) at a size that runs in milliseconds on a CPU. Tests and demos use
+them; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+_TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    norm_num_groups=8,
+    attention_head_dim=8,
+)
+# cross-attention width decides which family the model is detected as
+TINY_UNETS = {
+    "sd1": dict(_TINY_UNET, cross_attention_dim=768),
+    "sd2": dict(_TINY_UNET, cross_attention_dim=1024, use_linear_projection=True),
+    "sdxl": dict(
+        _TINY_UNET,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 1280,
+    ),
+}
+_TINY_TEXT = dict(intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77)
+TINY_TEXT = {
+    "sd1": {"te": dict(_TINY_TEXT, hidden_size=768, hidden_act="quick_gelu")},
+    "sd2": {"te": dict(_TINY_TEXT, hidden_size=1024, hidden_act="gelu")},
+    "sdxl": {"te1": dict(_TINY_TEXT, hidden_size=768), "te2": dict(_TINY_TEXT, hidden_size=1280, projection_dim=1280)},
+}
+
+
+def tiny_components(arch: str = "sd1", seed: int = 0, vocab_size: int = 1000) -> dict:
+    """UNet and text encoder(s) of the given family, tiny, seeded random weights."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    components = {"unet": UNet2DConditionModel(**TINY_UNETS[arch])}
+    for role, cfg in TINY_TEXT[arch].items():
+        config = CLIPTextConfig(vocab_size=vocab_size, eos_token_id=2, bos_token_id=1, pad_token_id=1, **cfg)
+        cls = CLIPTextModelWithProjection if role == "te2" else CLIPTextModel
+        components[role] = cls(config).eval()
+    components["unet"].eval()
+    return components
+
+
+def write_tiny_tokenizer(folder: str | Path) -> Path:
+    """A CLIP BPE tokenizer over single characters (real BPE files, tiny vocabulary)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789,.!?'-")
+    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for s in symbols:
+        vocab.setdefault(s, len(vocab))
+        vocab.setdefault(s + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None):
+    """A complete tiny ``StableDiffusionPipeline`` (SD1/SD2 shapes) with random weights."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    if arch not in ("sd1", "sd2"):
+        raise ValueError("tiny_pipeline builds SD1/SD2 pipelines; use tiny_components for SDXL shapes")
+    components = tiny_components(arch, seed)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    ).eval()
+    tok_dir = write_tiny_tokenizer(tokenizer_dir or tempfile.mkdtemp(prefix="tiny-tok-"))
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=components["te"],
+        tokenizer=tokenizer,
+        unet=components["unet"],
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
