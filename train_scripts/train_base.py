@@ -1,0 +1,220 @@
+"""Train the built-in base model from scratch on the procedural shapes world.
+
+Two phases with accelerate: (1) the AutoencoderKL learns to reconstruct 64 px
+renders; (2) with the VAE frozen, the UNet and the CLIP text encoder learn to
+denoise latents conditioned on captions (epsilon objective, min-SNR-5 weighting,
+10% empty captions for classifier-free guidance, EMA weights). The result is a
+plain diffusers StableDiffusionPipeline folder in fp16 safetensors.
+
+    python train_scripts/build_tokenizer.py lora_diffusion/builtin/model/tokenizer
+    accelerate launch train_scripts/train_base.py --out lora_diffusion/builtin/model
+
+Reproducible from --seed on the same hardware and software.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from lora_diffusion.models.builtin import BUILTIN_MARKER, SCHEDULER_CONFIG, build_untrained, builtin_path
+from lora_diffusion.world.scenes import caption, render, sample_scene
+
+
+class SceneDataset(IterableDataset):
+    """Endless (pixels in [-1, 1], caption token ids) from the procedural world."""
+
+    def __init__(self, seed: int, tokenizer, caption_dropout: float = 0.1, resolution: int = 64):
+        self.seed, self.tokenizer, self.dropout, self.resolution = seed, tokenizer, caption_dropout, resolution
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        rng = random.Random(self.seed * 1_000_003 + worker)
+        while True:
+            scene = sample_scene(rng)
+            scene.show_background = rng.random() < 0.9
+            text = "" if rng.random() < self.dropout else caption(scene)
+            pixels = np.asarray(render(scene, self.resolution), dtype=np.float32) / 127.5 - 1.0
+            ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids[0]
+            yield torch.from_numpy(pixels).permute(2, 0, 1), ids
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1 - decay)
+
+
+def train_vae(accelerator, vae, loader, steps: int, lr: float, log) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae, optimizer = accelerator.prepare(vae, optimizer)
+    vae.train()
+    data = iter(loader)
+    start = time.time()
+    for step in range(steps):
+        pixels, _ = next(data)
+        pixels = pixels.to(accelerator.device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_with_warmup(step, steps, 100)
+        with accelerator.autocast():
+            posterior = accelerator.unwrap_model(vae).encode(pixels).latent_dist
+            recon = accelerator.unwrap_model(vae).decode(posterior.sample()).sample
+            loss = F.mse_loss(recon.float(), pixels) + 0.1 * F.l1_loss(recon.float(), pixels) + 1e-6 * posterior.kl().mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 250 == 0 or step == steps - 1:
+            log(f"vae step {step + 1}/{steps} loss {loss.item():.5f} ({(step + 1) / (time.time() - start):.1f} it/s)")
+
+
+def train_denoiser(accelerator, vae, unet, text_encoder, loader, args, log):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+    alphas = scheduler.alphas_cumprod.to(accelerator.device)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema_unet, ema_te = copy.deepcopy(unet).float().eval(), copy.deepcopy(text_encoder).float().eval()
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    ema_unet.to(accelerator.device)
+    ema_te.to(accelerator.device)
+    vae.to(accelerator.device).eval().requires_grad_(False)
+    scaling = vae.config.scaling_factor
+    unet.train()
+    text_encoder.train()
+    data = iter(loader)
+    start = time.time()
+    for step in range(args.unet_steps):
+        if args.max_minutes and time.time() - args.started > 60 * args.max_minutes:
+            log(f"stopping early at step {step} of {args.unet_steps}: --max-minutes {args.max_minutes} reached")
+            break
+        pixels, ids = next(data)
+        pixels, ids = pixels.to(accelerator.device, non_blocking=True), ids.to(accelerator.device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * cosine_with_warmup(step, args.unet_steps, 300)
+        with torch.no_grad(), accelerator.autocast():
+            latents = vae.encode(pixels).latent_dist.sample() * scaling
+        latents = latents.float()
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-γ for epsilon prediction
+        with accelerator.autocast():
+            context = text_encoder(ids).last_hidden_state
+            pred = unet(noisy, t, context).sample
+        loss = (F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        ema_update(ema_unet, accelerator.unwrap_model(unet), decay)
+        ema_update(ema_te, accelerator.unwrap_model(text_encoder), decay)
+        if step % 500 == 0 or step == args.unet_steps - 1:
+            log(f"unet step {step + 1}/{args.unet_steps} loss {loss.item():.5f} ({(step + 1) / (time.time() - start):.1f} it/s)")
+    return ema_unet, ema_te
+
+
+def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path) -> None:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DPMSolverMultistepScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.to("cpu", torch.float16)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    config_path = out / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config[BUILTIN_MARKER] = True  # lets loaders and adapter files tell the built-in base apart
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    # weights are stored in fp16 to keep the package small; transformers 5 loads in the
+    # stored dtype by default, so say float32 here: a plain from_pretrained then runs on CPU
+    te_config_path = out / "text_encoder" / "config.json"
+    te_config = json.loads(te_config_path.read_text())
+    te_config["dtype"] = "float32"
+    te_config_path.write_text(json.dumps(te_config, indent=2, sort_keys=True))
+    # vocab.json + merges.txt define the tokenizer; the 2 MB tokenizer.json cache is redundant
+    (out / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+
+
+def main() -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import CLIPTokenizer
+
+    parser = argparse.ArgumentParser(description="Train the built-in base model from scratch.")
+    parser.add_argument("--out", type=Path, default=builtin_path())
+    parser.add_argument("--tokenizer", type=Path, default=builtin_path() / "tokenizer")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-batch", type=int, default=64)
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--unet-steps", type=int, default=12000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--max-minutes", type=float, default=0, help="stop the UNet phase after this long (0: never)")
+    parser.add_argument("--log", type=Path, default=None, help="also append log lines to this file")
+    args = parser.parse_args()
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    def log(message: str) -> None:
+        if accelerator.is_main_process:
+            print(message, flush=True)
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(message + "\n")
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(args.tokenizer))
+    vae, unet, text_encoder = build_untrained(args.seed)
+
+    def loader(batch: int, seed: int) -> DataLoader:
+        dataset = SceneDataset(seed * 101 + accelerator.process_index, tokenizer)
+        return DataLoader(dataset, batch_size=batch, num_workers=args.workers, pin_memory=True, persistent_workers=args.workers > 0)
+
+    started = args.started = time.time()
+    train_vae(accelerator, vae, loader(args.vae_batch, args.seed), args.vae_steps, args.vae_lr, log)
+    vae = accelerator.unwrap_model(vae).float().eval().requires_grad_(False)
+    with torch.no_grad():
+        pixels, _ = next(iter(loader(512, args.seed + 7)))
+        latents = vae.encode(pixels.to(accelerator.device)).latent_dist.sample()
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    log(f"vae done in {time.time() - started:.0f} s; latent std {latents.std().item():.4f}")
+
+    ema_unet, ema_te = train_denoiser(accelerator, vae, unet, text_encoder, loader(args.batch_size, args.seed + 1), args, log)
+    if accelerator.is_main_process:
+        save_pipeline(args.out, vae, ema_unet, ema_te, args.tokenizer)
+        log(f"saved {args.out} after {time.time() - started:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
