@@ -25,29 +25,54 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset
 
 from lora_diffusion.models.builtin import BUILTIN_MARKER, SCHEDULER_CONFIG, build_untrained, builtin_path
 from lora_diffusion.world.scenes import caption, render, sample_scene
 
 
-class SceneDataset(IterableDataset):
-    """Endless (pixels in [-1, 1], caption token ids) from the procedural world."""
+def _render_chunk(task: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    seed, count, resolution = task
+    rng = random.Random(seed)
+    images, captions = np.empty((count, resolution, resolution, 3), dtype=np.uint8), []
+    for i in range(count):
+        scene = sample_scene(rng)
+        scene.show_background = rng.random() < 0.9
+        images[i] = np.asarray(render(scene, resolution))
+        captions.append(caption(scene))
+    return images, captions
 
-    def __init__(self, seed: int, tokenizer, caption_dropout: float = 0.1, resolution: int = 64):
-        self.seed, self.tokenizer, self.dropout, self.resolution = seed, tokenizer, caption_dropout, resolution
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info else 0
-        rng = random.Random(self.seed * 1_000_003 + worker)
-        while True:
-            scene = sample_scene(rng)
-            scene.show_background = rng.random() < 0.9
-            text = "" if rng.random() < self.dropout else caption(scene)
-            pixels = np.asarray(render(scene, self.resolution), dtype=np.float32) / 127.5 - 1.0
-            ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids[0]
-            yield torch.from_numpy(pixels).permute(2, 0, 1), ids
+class SceneBank:
+    """A fixed, seeded set of rendered scenes held on the training device.
+
+    Rendering is CPU work; doing it once up front (all cores) and sampling batches
+    from device memory keeps the GPU busy instead of waiting for data loaders.
+    """
+
+    def __init__(self, n: int, seed: int, tokenizer, device, workers: int, resolution: int = 64, chunk: int = 2000):
+        from multiprocessing import Pool
+
+        tasks = [(seed * 1_000_003 + i, min(chunk, n - i * chunk), resolution) for i in range((n + chunk - 1) // chunk)]
+        with Pool(workers) as pool:
+            parts = pool.map(_render_chunk, tasks)
+        self.images = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(device)  # uint8 NHWC
+        captions = [c for p in parts for c in p[1]]
+        tokens = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        self.ids = tokens.input_ids[:-1].to(device)
+        self.empty_ids = tokens.input_ids[-1].to(device)
+        self.n = len(captions)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def pixels(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def sample(self, batch: int, caption_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(0, self.n, (batch,), device=self.images.device, generator=self.generator)
+        ids = self.ids[index]
+        if caption_dropout:
+            drop = torch.rand(batch, device=ids.device, generator=self.generator) < caption_dropout
+            ids = torch.where(drop[:, None], self.empty_ids[None], ids)
+        return index, ids
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
@@ -63,15 +88,13 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach().float(), 1 - decay)
 
 
-def train_vae(accelerator, vae, loader, steps: int, lr: float, log) -> None:
+def train_vae(accelerator, vae, bank: SceneBank, steps: int, batch: int, lr: float, log) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae, optimizer = accelerator.prepare(vae, optimizer)
     vae.train()
-    data = iter(loader)
     start = time.time()
     for step in range(steps):
-        pixels, _ = next(data)
-        pixels = pixels.to(accelerator.device, non_blocking=True)
+        pixels = bank.pixels(bank.sample(batch)[0])
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine_with_warmup(step, steps, 100)
         with accelerator.autocast():
@@ -85,7 +108,18 @@ def train_vae(accelerator, vae, loader, steps: int, lr: float, log) -> None:
             log(f"vae step {step + 1}/{steps} loss {loss.item():.5f} ({(step + 1) / (time.time() - start):.1f} it/s)")
 
 
-def train_denoiser(accelerator, vae, unet, text_encoder, loader, args, log):
+@torch.no_grad()
+def encode_bank(vae, bank: SceneBank, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every banked image (latents are sampled from them per step)."""
+    means, stds = [], []
+    for start in range(0, bank.n, batch):
+        dist = vae.encode(bank.pixels(torch.arange(start, min(bank.n, start + batch), device=bank.images.device))).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_denoiser(accelerator, vae, unet, text_encoder, bank: SceneBank, args, log):
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
@@ -98,21 +132,19 @@ def train_denoiser(accelerator, vae, unet, text_encoder, loader, args, log):
     ema_te.to(accelerator.device)
     vae.to(accelerator.device).eval().requires_grad_(False)
     scaling = vae.config.scaling_factor
+    latent_mean, latent_std = encode_bank(vae, bank)
+    log(f"encoded {bank.n} images to latents")
     unet.train()
     text_encoder.train()
-    data = iter(loader)
     start = time.time()
     for step in range(args.unet_steps):
         if args.max_minutes and time.time() - args.started > 60 * args.max_minutes:
             log(f"stopping early at step {step} of {args.unet_steps}: --max-minutes {args.max_minutes} reached")
             break
-        pixels, ids = next(data)
-        pixels, ids = pixels.to(accelerator.device, non_blocking=True), ids.to(accelerator.device, non_blocking=True)
+        index, ids = bank.sample(args.batch_size, caption_dropout=0.1)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * cosine_with_warmup(step, args.unet_steps, 300)
-        with torch.no_grad(), accelerator.autocast():
-            latents = vae.encode(pixels).latent_dist.sample() * scaling
-        latents = latents.float()
+        latents = (latent_mean[index] + latent_std[index] * torch.randn_like(latent_mean[index])) * scaling
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, t)
@@ -176,7 +208,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="processes that render the scene bank")
+    parser.add_argument("--scenes", type=int, default=300_000, help="rendered scenes to train on")
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--max-minutes", type=float, default=0, help="stop the UNet phase after this long (0: never)")
     parser.add_argument("--log", type=Path, default=None, help="also append log lines to this file")
@@ -197,20 +230,17 @@ def main() -> None:
     tokenizer = CLIPTokenizer.from_pretrained(str(args.tokenizer))
     vae, unet, text_encoder = build_untrained(args.seed)
 
-    def loader(batch: int, seed: int) -> DataLoader:
-        dataset = SceneDataset(seed * 101 + accelerator.process_index, tokenizer)
-        return DataLoader(dataset, batch_size=batch, num_workers=args.workers, pin_memory=True, persistent_workers=args.workers > 0)
-
     started = args.started = time.time()
-    train_vae(accelerator, vae, loader(args.vae_batch, args.seed), args.vae_steps, args.vae_lr, log)
+    bank = SceneBank(args.scenes, args.seed + accelerator.process_index, tokenizer, accelerator.device, args.workers)
+    log(f"rendered {bank.n} scenes in {time.time() - started:.0f} s")
+    train_vae(accelerator, vae, bank, args.vae_steps, args.vae_batch, args.vae_lr, log)
     vae = accelerator.unwrap_model(vae).float().eval().requires_grad_(False)
     with torch.no_grad():
-        pixels, _ = next(iter(loader(512, args.seed + 7)))
-        latents = vae.encode(pixels.to(accelerator.device)).latent_dist.sample()
+        latents = vae.encode(bank.pixels(bank.sample(1024)[0])).latent_dist.sample()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     log(f"vae done in {time.time() - started:.0f} s; latent std {latents.std().item():.4f}")
 
-    ema_unet, ema_te = train_denoiser(accelerator, vae, unet, text_encoder, loader(args.batch_size, args.seed + 1), args, log)
+    ema_unet, ema_te = train_denoiser(accelerator, vae, unet, text_encoder, bank, args, log)
     if accelerator.is_main_process:
         save_pipeline(args.out, vae, ema_unet, ema_te, args.tokenizer)
         log(f"saved {args.out} after {time.time() - started:.0f} s in all")

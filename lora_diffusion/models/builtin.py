@@ -53,6 +53,7 @@ SCHEDULER_CONFIG = dict(
     beta_end=0.012,
     beta_schedule="scaled_linear",
     prediction_type="epsilon",
+    steps_offset=1,
 )
 
 
