@@ -84,8 +84,8 @@ def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.1) -
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1 - decay)
+    # one fused kernel instead of one launch per tensor: ~10x cheaper per step
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach().float() for p in model.parameters()], 1 - decay)
 
 
 def train_vae(accelerator, vae, bank: SceneBank, steps: int, batch: int, lr: float, log) -> None:
@@ -143,7 +143,7 @@ def train_denoiser(accelerator, vae, unet, text_encoder, bank: SceneBank, args, 
             break
         index, ids = bank.sample(args.batch_size, caption_dropout=0.1)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * cosine_with_warmup(step, args.unet_steps, 300)
+            group["lr"] = args.lr * cosine_with_warmup(step, args.unet_steps, 500)
         latents = (latent_mean[index] + latent_std[index] * torch.randn_like(latent_mean[index])) * scaling
         noise = torch.randn_like(latents)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
@@ -204,13 +204,15 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-from", type=Path, default=None, help="reuse a trained VAE folder and skip phase 1")
     parser.add_argument("--unet-steps", type=int, default=12000)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=8e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--workers", type=int, default=8, help="processes that render the scene bank")
     parser.add_argument("--scenes", type=int, default=300_000, help="rendered scenes to train on")
-    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
+    # fp32 with TF32 matmuls measured faster than bf16 autocast for this small model (H100)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--max-minutes", type=float, default=0, help="stop the UNet phase after this long (0: never)")
     parser.add_argument("--log", type=Path, default=None, help="also append log lines to this file")
     args = parser.parse_args()
@@ -219,6 +221,7 @@ def main() -> None:
     set_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
     def log(message: str) -> None:
         if accelerator.is_main_process:
@@ -233,12 +236,19 @@ def main() -> None:
     started = args.started = time.time()
     bank = SceneBank(args.scenes, args.seed + accelerator.process_index, tokenizer, accelerator.device, args.workers)
     log(f"rendered {bank.n} scenes in {time.time() - started:.0f} s")
-    train_vae(accelerator, vae, bank, args.vae_steps, args.vae_batch, args.vae_lr, log)
-    vae = accelerator.unwrap_model(vae).float().eval().requires_grad_(False)
-    with torch.no_grad():
-        latents = vae.encode(bank.pixels(bank.sample(1024)[0])).latent_dist.sample()
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    log(f"vae done in {time.time() - started:.0f} s; latent std {latents.std().item():.4f}")
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(args.vae_from), torch_dtype=torch.float32).to(accelerator.device)
+        vae.eval().requires_grad_(False)
+        log(f"vae loaded from {args.vae_from} (phase 1 skipped); scaling factor {vae.config.scaling_factor:.4f}")
+    else:
+        train_vae(accelerator, vae, bank, args.vae_steps, args.vae_batch, args.vae_lr, log)
+        vae = accelerator.unwrap_model(vae).float().eval().requires_grad_(False)
+        with torch.no_grad():
+            latents = vae.encode(bank.pixels(bank.sample(1024)[0])).latent_dist.sample()
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        log(f"vae done in {time.time() - started:.0f} s; latent std {latents.std().item():.4f}")
 
     ema_unet, ema_te = train_denoiser(accelerator, vae, unet, text_encoder, bank, args, log)
     if accelerator.is_main_process:
