@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -138,6 +139,9 @@ def train_denoiser(accelerator, vae, unet, text_encoder, bank: SceneBank, args, 
     text_encoder.train()
     start = time.time()
     for step in range(args.unet_steps):
+        if args.stop_at_step and step >= args.stop_at_step:
+            log(f"stopping at step {step} of the {args.unet_steps}-step schedule (--stop-at-step)")
+            break
         if args.max_minutes and time.time() - args.started > 60 * args.max_minutes:
             log(f"stopping early at step {step} of {args.unet_steps}: --max-minutes {args.max_minutes} reached")
             break
@@ -188,8 +192,10 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path) -> No
     te_config = json.loads(te_config_path.read_text())
     te_config["dtype"] = "float32"
     te_config_path.write_text(json.dumps(te_config, indent=2, sort_keys=True))
-    # vocab.json + merges.txt define the tokenizer; the 2 MB tokenizer.json cache is redundant
-    (out / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
+    # ship the tokenizer as vocab.json + merges.txt (what SD folders hold, readable by every
+    # transformers version); transformers 5 would write only its 2 MB tokenizer.json
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(tokenizer_dir, out / "tokenizer")
 
 
 def main() -> None:
@@ -213,6 +219,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=300_000, help="rendered scenes to train on")
     # fp32 with TF32 matmuls measured faster than bf16 autocast for this small model (H100)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--stop-at-step", type=int, default=0, help="end the UNet phase at this step (0: run the schedule)")
     parser.add_argument("--max-minutes", type=float, default=0, help="stop the UNet phase after this long (0: never)")
     parser.add_argument("--log", type=Path, default=None, help="also append log lines to this file")
     args = parser.parse_args()

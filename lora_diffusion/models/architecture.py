@@ -46,14 +46,12 @@ def arch_from_cross_attention_dim(dim: int, has_second_text_encoder: bool = Fals
 def detect_unet_architecture(unet: nn.Module) -> str:
     """sd1 / sd2 / sdxl from a diffusers UNet's config; "custom" for anything else.
 
-    The built-in base carries ``lora_diffusion_base = "builtin"`` in its config.
+    The built-in base carries ``"_lora_diffusion_base": true`` in its UNet config.
     """
     config = getattr(unet, "config", None)
     if config is None:
         return "custom"
-    if getattr(config, "lora_diffusion_base", None) == "builtin" or (
-        isinstance(config, dict) and config.get("lora_diffusion_base") == "builtin"
-    ):
+    if dict(config).get("_lora_diffusion_base") is True:
         return "builtin"
     if getattr(config, "addition_embed_type", None) == "text_time":
         return "sdxl"
