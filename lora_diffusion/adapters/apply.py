@@ -253,6 +253,8 @@ def load_adapter(
     """Read a LoRA file and add it to the networks; returns the adapter name used."""
     adapter = read_adapter(path)
     name = name or Path(path).stem.replace(".", "_")
+    if hasattr(nn.ModuleDict(), name):
+        name = f"{name}_lora"
     apply_adapter(adapter, components, name, weight=weight, trainable=trainable, source=f"file {path}")
     return name
 

@@ -71,8 +71,9 @@ class LoraLayer(nn.Module):
         """
         if name in self.rank:
             raise ValueError(f"adapter {name!r} already exists on this layer")
-        if "." in name or not name:
-            raise ValueError(f"adapter name must be non-empty and contain no '.', got {name!r}")
+        if "." in name or not name or hasattr(nn.ModuleDict(), name):
+            # ModuleDict keys become attributes: "train", "to" etc. would shadow its methods
+            raise ValueError(f"adapter name must be non-empty, without '.', and not a module method name; got {name!r}")
         rank = config.rank if rank is None else rank
         base_w = self.base_layer.weight
         dtype = dtype or base_w.dtype

@@ -39,6 +39,7 @@ def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, 
 
     # torch_dtype works on every diffusers version we support; newer ones warn it is renamed
     warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    _quiet_loading()
     kind = describe_base(base)
     if kind == "pickle":
         raise UserError(
@@ -73,3 +74,15 @@ def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, 
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _quiet_loading() -> None:
+    """No per-component progress bars while loading: a CLI prints its own progress."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass

@@ -1,0 +1,169 @@
+"""Examples → training batches: captions processed, images resized/cropped/flipped, bucketed by shape.
+
+Every random choice is a pure function of (seed, epoch, index), so a resumed run
+sees exactly the batches an uninterrupted one would, with no RNG state to save.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from .folder import Example
+from .images import BadImage, open_rgb
+
+
+@dataclass
+class Sample:
+    index: int  # position in the expanded example list (cache key)
+    pixels: torch.Tensor  # 3×H×W in [-1, 1]
+    caption: str
+
+
+@dataclass
+class DataSummary:
+    images: int
+    examples: int  # after repeats
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    buckets: dict[str, int] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict:
+        return {"images": self.images, "examples_with_repeats": self.examples, "skipped": len(self.skipped), "buckets": self.buckets}
+
+
+def _rng(seed: int, *keys: int) -> random.Random:
+    value = seed
+    for key in keys:
+        value = (value * 1_000_003 + key) % (2**61 - 1)
+    return random.Random(value)
+
+
+def process_caption(text: str, rng: random.Random, shuffle: bool, keep_tokens: int, dropout: float) -> str:
+    """kohya-style: drop the caption with probability ``dropout``; shuffle comma tags after the first ``keep_tokens``."""
+    if dropout and rng.random() < dropout:
+        return ""
+    if shuffle:
+        tags = [t.strip() for t in text.split(",") if t.strip()]
+        head, tail = tags[:keep_tokens], tags[keep_tokens:]
+        rng.shuffle(tail)
+        text = ", ".join(head + tail)
+    return text
+
+
+def bucket_sizes(resolution: int, step: int = 64, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """(width, height) pairs of about resolution² pixels, multiples of ``step`` (of 8 for small sizes)."""
+    step = min(step, max(8, resolution // 8))
+    area = resolution * resolution
+    sizes = set()
+    width = step
+    while width <= resolution * max_ratio:
+        height = int(area / width) // step * step
+        if height >= step and 1 / max_ratio <= width / height <= max_ratio:
+            sizes.add((width, height))
+        width += step
+    sizes.add((resolution, resolution))
+    return sorted(sizes)
+
+
+class TrainingData:
+    """The expanded example list and how to turn one example into a training sample."""
+
+    def __init__(self, examples: list[Example], resolution: int, *, crop: str = "center", flip: bool = False,
+                 bucketing: bool = False, caption_shuffle: bool = False, keep_tokens: int = 1,
+                 caption_dropout: float = 0.0, seed: int = 0, skipped=None):
+        if not examples:
+            reasons = "; ".join(f"{p}: {r}" for p, r in (skipped or [])[:3])
+            raise UserError("no usable images in the data folder" + (f" ({reasons})" if reasons else "") + "; add images with captions")
+        self.items = [e for e in examples for _ in range(e.repeats)]
+        self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
+        self.caption_shuffle, self.keep_tokens, self.caption_dropout = caption_shuffle, keep_tokens, caption_dropout
+        self.bad: dict[str, str] = {}
+        self.skipped = list(skipped or [])
+        self.sizes = self._assign_buckets() if bucketing else [(resolution, resolution)] * len(self.items)
+        counts: dict[str, int] = {}
+        for w, h in self.sizes:
+            counts[f"{w}x{h}"] = counts.get(f"{w}x{h}", 0) + 1
+        self.summary = DataSummary(len(examples), len(self.items), self.skipped, counts)
+
+    @property
+    def deterministic(self) -> bool:
+        """True when an example always gives the same pixels (latents may be cached)."""
+        return self.crop == "center" and not self.flip
+
+    @property
+    def fixed_captions(self) -> bool:
+        return not self.caption_shuffle
+
+    def _assign_buckets(self) -> list[tuple[int, int]]:
+        sizes = bucket_sizes(self.resolution)
+        out = []
+        for item in self.items:
+            try:
+                with Image.open(item.path) as image:  # header only: no decode
+                    ratio = image.width / image.height
+            except Exception:  # noqa: BLE001 - reported when the image is actually used
+                ratio = 1.0
+            out.append(min(sizes, key=lambda s: abs(np.log(s[0] / s[1]) - np.log(ratio))))
+        return out
+
+    def batches(self, epoch: int, batch_size: int) -> list[list[int]]:
+        """The epoch's batches of item indices: shuffled, each batch within one bucket."""
+        order = list(range(len(self.items)))
+        _rng(self.seed, 17, epoch).shuffle(order)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in order:
+            groups.setdefault(self.sizes[index], []).append(index)
+        batches = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+        _rng(self.seed, 29, epoch).shuffle(batches)
+        return batches
+
+    def caption(self, index: int, epoch: int) -> str:
+        rng = _rng(self.seed, 43, epoch, index)
+        return process_caption(self.items[index].caption, rng, self.caption_shuffle, self.keep_tokens, self.caption_dropout)
+
+    def pixels(self, index: int, epoch: int) -> torch.Tensor:
+        """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1]."""
+        width, height = self.sizes[index]
+        image = self._open(index)
+        scale = max(width / image.width, height / image.height)
+        new = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+        image = image.resize(new, Image.BICUBIC)
+        rng = _rng(self.seed, 71, epoch, index)
+        if self.crop == "random":
+            left, top = rng.randint(0, new[0] - width), rng.randint(0, new[1] - height)
+        else:
+            left, top = (new[0] - width) // 2, (new[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+        if self.flip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def _open(self, index: int) -> Image.Image:
+        path = self.items[index].path
+        try:
+            return open_rgb(path)
+        except BadImage as error:
+            if path not in self.bad:
+                self.bad[path] = str(error)
+                self.skipped.append((path, str(error)))
+                print(f"warning: skipping {path}: {error}", file=sys.stderr)
+            return self._substitute(index)
+
+    def _substitute(self, index: int) -> Image.Image:
+        # a broken file is replaced by the next good one, so batches keep their size
+        for offset in range(1, len(self.items)):
+            other = (index + offset) % len(self.items)
+            if self.items[other].path not in self.bad and self.sizes[other] == self.sizes[index]:
+                try:
+                    return open_rgb(self.items[other].path)
+                except BadImage as error:
+                    self.bad[self.items[other].path] = str(error)
+                    self.skipped.append((self.items[other].path, str(error)))
+        raise UserError("no usable images left: every image in the data folder failed to open; check the files")

@@ -1,0 +1,73 @@
+"""Resumable training state: one folder per checkpoint, written atomically.
+
+``checkpoint-000300/`` holds ``lora.safetensors`` (the adapter weights in fp32),
+``optimizer.pt`` (optimizer and LR-scheduler state, our own file, read back with
+``torch.load(weights_only=True)``) and ``trainer.json`` (step and settings).
+Data order and noise are functions of (seed, step), so no RNG state is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+PREFIX = "checkpoint-"
+
+
+def lora_state(models: dict) -> dict[str, torch.Tensor]:
+    state = {}
+    for role, model in models.items():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                state[f"{role}.{name}"] = p.detach().float().cpu().contiguous()
+    return state
+
+
+def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_scheduler, settings: dict, keep: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{PREFIX}{step:06d}"
+    tmp = folder / f".{PREFIX}{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(lora_state(models), str(tmp / "lora.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(resume: str, folder: Path) -> Path | None:
+    """The checkpoint to resume from: ``latest`` in ``folder`` (None if there is none yet) or a given folder."""
+    if resume == "latest":
+        found = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / "trainer.json").is_file()) if folder.is_dir() else []
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer.json").is_file():
+        raise UserError(f"--resume {resume}: not a checkpoint folder (no trainer.json); use 'latest' or a {PREFIX}N folder")
+    return path
+
+
+def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
+    """Restore adapter weights, optimizer and scheduler; returns the step to continue from."""
+    state = load_file(str(path / "lora.safetensors"))
+    params = {f"{role}.{name}": p for role, model in models.items() for name, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(params):
+        raise UserError(f"checkpoint {path} does not match this run's LoRA (rank, targets or text-encoder setting differ)")
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(state[key].to(p.dtype))
+    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(extra["optimizer"])
+    lr_scheduler.load_state_dict(extra["lr_scheduler"])
+    return int(json.loads((path / "trainer.json").read_text())["step"])

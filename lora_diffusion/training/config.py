@@ -1,0 +1,203 @@
+"""Training settings as validated data: YAML files, CLI flags and ``--set key=value`` all land here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import UserError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "optimizer": ("adamw", "adamw8bit"),
+    "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
+    "crop": ("center", "random"),
+    "cache": ("auto", "memory", "disk", "off"),
+    "targets": ("attn", "attn-ff", "full"),
+    "text_targets": ("attn", "attn-mlp"),
+    "init": ("kaiming", "gaussian"),
+    "save_dtype": ("fp16", "bf16", "fp32"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one LoRA training run needs. Each field is a YAML key and a ``--flag``."""
+
+    data: str = field(default="", metadata={"help": "image folder (.txt captions, N_name repeat folders, metadata.jsonl/csv) or a hub dataset id"})
+    output: str = field(default="", metadata={"help": "adapter file to write (.safetensors)"})
+    base: str = field(default="builtin", metadata={"help": "builtin, a diffusers folder, a .safetensors checkpoint, or a hub id"})
+    steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
+    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (scale alpha/rank)"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate of the UNet LoRA"})
+    text_encoder_lr: float = field(default=5e-5, metadata={"help": "learning rate of the text-encoder LoRA"})
+    batch_size: int = field(default=1, metadata={"help": "images per step per process"})
+    gradient_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    resolution: int = field(default=512, metadata={"help": "training size in pixels (0: the base model's native size)"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, noise and initialisation"})
+    caption: str = field(default="", metadata={"help": "caption for images without one"})
+    trigger_word: str = field(default="", metadata={"help": "word put in front of every caption"})
+    caption_extension: str = field(default=".txt", metadata={"help": "extension of caption files"})
+    caption_shuffle: bool = field(default=False, metadata={"help": "shuffle comma-separated caption tags"})
+    keep_tokens: int = field(default=1, metadata={"help": "leading tags kept in place when shuffling"})
+    caption_dropout: float = field(default=0.0, metadata={"help": "probability of training on an empty caption"})
+    crop: str = field(default="center", metadata={"help": "center or random crop"})
+    flip: bool = field(default=False, metadata={"help": "random horizontal flip"})
+    bucketing: bool = field(default=False, metadata={"help": "aspect-ratio buckets for mixed image sizes"})
+    train_text_encoder: bool = field(default=False, metadata={"help": "also train LoRA in the text encoder"})
+    targets: str = field(default="attn", metadata={"help": "UNet target preset"})
+    text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})
+    init: str = field(default="kaiming", metadata={"help": "initialisation of A"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="constant", metadata={"help": "learning-rate schedule"})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "warm-up steps"})
+    min_snr_gamma: float = field(default=0.0, metadata={"help": "min-SNR-γ loss weighting (0: off; 5 is common)"})
+    noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
+    cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: only at the end)"})
+    checkpoint_dir: str = field(default="", metadata={"help": "checkpoint folder (default: next to the output)"})
+    checkpoints_to_keep: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
+    save_every: int = field(default=0, metadata={"help": "write an intermediate adapter every N steps"})
+    sample_every: int = field(default=0, metadata={"help": "validation grid every N steps (0: off)"})
+    validation_prompts: list[str] = field(default_factory=list, metadata={"help": "prompts for validation grids"})
+    validation_steps: int = field(default=20, metadata={"help": "denoising steps for validation images"})
+    resume: str = field(default="", metadata={"help": "latest or a checkpoint folder"})
+    save_dtype: str = field(default="fp16", metadata={"help": "dtype of the adapter file"})
+    log_dir: str = field(default="", metadata={"help": "TensorBoard and JSONL logs (default: next to the output)"})
+    record_paths: bool = field(default=False, metadata={"help": "store the data folder's absolute path in the adapter metadata"})
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``UserError`` naming the first bad key and its allowed values."""
+        if not self.data:
+            raise UserError("train: no data given; pass --data DIR (a folder of images) or set data: in the config")
+        if not self.output:
+            raise UserError("train: no output given; pass --output FILE.safetensors")
+        if not self.output.endswith(".safetensors"):
+            raise UserError(f"output {self.output!r} must end in .safetensors")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config key {key!r} is {getattr(self, key)!r}; allowed values: {', '.join(allowed)}")
+        positive = ("steps", "rank", "batch_size", "gradient_accumulation", "checkpoints_to_keep", "validation_steps")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"config key {key!r} must be at least 1, got {getattr(self, key)!r}")
+        for key in ("lr", "alpha"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"config key {key!r} must be greater than 0, got {getattr(self, key)!r}")
+        for key in ("text_encoder_lr", "max_grad_norm", "min_snr_gamma", "noise_offset", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        for key in ("caption_dropout", "lora_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"config key {key!r} must be in [0, 1), got {getattr(self, key)!r}")
+        for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
+            if getattr(self, key) < 0:
+                raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        if self.resolution and self.resolution % 8:
+            raise UserError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
+        return self
+
+
+def field_types() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = field_types()[key]
+    if get_origin(kind) is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise UserError(f"{source}: key {key!r} must be a list of strings")
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+        raise UserError(f"{source}: key {key!r} must be {name}, got {value!r}") from None
+
+
+def apply_values(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
+    """Set ``values`` on ``config`` with type coercion; unknown keys are an error naming them."""
+    known = {f.name for f in fields(TrainConfig)}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            close = [k for k in sorted(known) if k.startswith(key[:4])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"{source}: unknown config key {raw_key!r}{hint}; see 'lora-diffusion train --help' for all keys")
+        setattr(config, key, _coerce(key, value, source))
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; check its syntax") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must be a mapping of keys to values")
+    return values
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` from ``--set``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r} must look like key=value")
+        out[key.strip()] = value
+    return out
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def help_for(key: str) -> str:
+    for f in fields(TrainConfig):
+        if f.name == key:
+            text = f.metadata.get("help", "")
+            if key in CHOICES:
+                text += f" ({'/'.join(CHOICES[key])})"
+            return text
+    return ""
+
+
+def flag_kinds() -> dict[str, Any]:
+    """key -> python type, for building CLI flags."""
+    return {k: (list if get_origin(v) is list else v) for k, v in field_types().items() if k in {f.name for f in fields(TrainConfig)}}
+
+
+__all__ = ["TrainConfig", "CHOICES", "apply_values", "load_yaml", "parse_set", "to_dict", "help_for", "flag_kinds"]

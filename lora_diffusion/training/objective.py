@@ -1,0 +1,43 @@
+"""The denoising loss of one batch: noise, timesteps, target, weighting."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    alpha = alphas_cumprod.to(timesteps.device)[timesteps]
+    return alpha / (1 - alpha)
+
+
+def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
+                   *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
+    """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
+
+    Randomness comes only from ``generator`` (on the CPU), so a step's loss is a pure
+    function of its inputs and the generator's seed: resumed runs match exactly.
+    """
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    if noise_offset:
+        offset = torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents.device, latents.dtype)
+        noise = noise + noise_offset * offset
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r} in the base model's scheduler")
+    pred = unet(noisy, timesteps, text_states).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        ratio = snr(scheduler.alphas_cumprod, timesteps)
+        clipped = torch.clamp(ratio, max=min_snr_gamma)
+        # Hang et al. 2023: min(SNR, γ)/SNR for epsilon, min(SNR, γ)/(SNR + 1) for v
+        weight = clipped / ratio if prediction_type == "epsilon" else clipped / (ratio + 1)
+        loss = loss * weight
+    return loss.mean()

@@ -1,0 +1,361 @@
+"""Train one LoRA: load base → freeze → inject → data → optimizer → loop → validate → save.
+
+Reads top to bottom like its description; the step math is in ``objective.py``,
+resumable state in ``checkpoint.py``, data in ``lora_diffusion.data``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..adapters.apply import components_architecture, pipeline_components, save_adapter
+from ..data.dataset import TrainingData
+from ..data.folder import scan_folder
+from ..data.hub import load_hub_examples, looks_like_hub_id
+from ..errors import UserError
+from ..lora.config import LoraConfig
+from ..lora.inject import inject_adapter, parameter_report
+from ..models.loading import load_pipeline
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_dict
+from .objective import denoising_loss
+
+ADAPTER = "lora"
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: list = field(default_factory=list)
+
+
+def _paths(cfg: TrainConfig) -> tuple[Path, Path, Path]:
+    output = Path(cfg.output)
+    stem = output.with_suffix("")
+    checkpoints = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else stem.parent / f"{stem.name}-checkpoints"
+    logs = Path(cfg.log_dir) if cfg.log_dir else stem.parent / f"{stem.name}-logs"
+    return output, checkpoints, logs
+
+
+def load_examples(cfg: TrainConfig, cache: Path):
+    if looks_like_hub_id(cfg.data):
+        examples, skipped = load_hub_examples(cfg.data, cache), []
+        examples = [e if e.caption else type(e)(e.path, cfg.caption or cfg.trigger_word, e.repeats) for e in examples]
+        return [e for e in examples if e.caption], skipped
+    scan = scan_folder(cfg.data, cfg.caption, cfg.trigger_word, cfg.caption_extension)
+    for path, reason in scan.skipped:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+    return scan.examples, scan.skipped
+
+
+class Encoders:
+    """Frozen VAE and text encoder, with optional caches of their outputs."""
+
+    def __init__(self, vae, text_encoder, tokenizer, device, cache_latents: bool, cache_text: bool):
+        self.vae, self.text_encoder, self.tokenizer, self.device = vae, text_encoder, tokenizer, device
+        self.cache_latents, self.cache_text = cache_latents, cache_text
+        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.text: dict[str, torch.Tensor] = {}
+        self.scaling = vae.config.scaling_factor
+        self.shift = getattr(vae.config, "shift_factor", None) or 0.0
+
+    @torch.no_grad()
+    def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    def latent_batch(self, indices, pixels_for, generator: torch.Generator) -> torch.Tensor:
+        """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now."""
+        means, stds = [], []
+        missing = [i for i in indices if i not in self.latents]
+        if missing:
+            mean, std = self.posterior(torch.stack([pixels_for(i) for i in missing]))
+            fresh = {i: (mean[k : k + 1], std[k : k + 1]) for k, i in enumerate(missing)}
+            if self.cache_latents:
+                self.latents.update({i: (m.cpu(), s.cpu()) for i, (m, s) in fresh.items()})
+        else:
+            fresh = {}
+        for i in indices:
+            m, s = fresh[i] if i in fresh else self.latents[i]
+            means.append(m.to(self.device))
+            stds.append(s.to(self.device))
+        mean, std = torch.cat(means), torch.cat(stds)
+        sample = mean + std * torch.randn(mean.shape, generator=generator).to(self.device)
+        return (sample - self.shift) * self.scaling
+
+    def ids(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def text_states(self, captions: list[str], trainable: bool) -> torch.Tensor:
+        if trainable or not self.cache_text:
+            with torch.set_grad_enabled(trainable):
+                return self.text_encoder(self.ids(captions))[0]
+        missing = [c for c in dict.fromkeys(captions) if c not in self.text]
+        if missing:
+            with torch.no_grad():
+                states = self.text_encoder(self.ids(missing))[0]
+            self.text.update({c: states[k : k + 1] for k, c in enumerate(missing)})
+        return torch.cat([self.text[c] for c in captions])
+
+
+def _step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 101 + micro * 7 + process * 7919) % (2**63 - 1))
+
+
+def _make_optimizer(cfg: TrainConfig, groups, device: torch.device):
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (or use --set optimizer=adamw)") from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda"  # the fused kernel exists on CUDA only
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _cast_lora_fp32(model) -> None:
+    # mixed precision keeps frozen weights in half precision but trains the adapter in fp32
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Run one training job as configured; returns where the adapter went and the losses."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    cfg.validate()
+    output, checkpoint_dir, log_dir = _paths(cfg)
+    started = time.time()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    main = accelerator.is_main_process
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+
+    # 1. the base model, frozen
+    pipe = load_pipeline(cfg.base, dtype=weight_dtype)
+    if not hasattr(pipe, "unet") or getattr(pipe, "text_encoder_2", None) is not None:
+        raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
+    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for model in (unet, text_encoder, vae):
+        model.requires_grad_(False).to(accelerator.device)
+    vae.to(dtype=torch.float32)  # the VAE is run once per image; fp32 avoids fp16 overflow in its decoder
+    resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
+
+    # 2. LoRA in the UNet (and text encoder), the only trainable weights
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout)
+    inject_adapter(unet, ADAPTER, lora, cfg.targets)
+    trained = {"unet": unet}
+    if cfg.train_text_encoder:
+        inject_adapter(text_encoder, ADAPTER, lora, cfg.text_targets, kind="text")
+        trained["te"] = text_encoder
+    for model in trained.values():
+        _cast_lora_fp32(model)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    if main and progress:
+        print(parameter_report(unet, text_encoder), file=sys.stderr)
+
+    # 3. data
+    examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
+    data = TrainingData(examples, resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
+                        caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
+                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
+    cache_latents = cfg.cache != "off" and data.deterministic
+    cache_text = cfg.cache != "off" and data.fixed_captions and not cfg.train_text_encoder
+    encoders = Encoders(vae, text_encoder, tokenizer, accelerator.device, cache_latents, cache_text)
+
+    # 4. optimizer and schedule
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if cfg.train_text_encoder:
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": cfg.text_encoder_lr})
+    optimizer = _make_optimizer(cfg, groups, accelerator.device)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
+    prepared = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    unet_p, te_p, optimizer, lr_scheduler = prepared
+
+    start_step = 0
+    if cfg.resume:
+        found = find_checkpoint(cfg.resume, checkpoint_dir)
+        if found is not None:
+            start_step = load_checkpoint(found, trained, optimizer, lr_scheduler)
+            if main:
+                print(f"resumed from {found} at step {start_step}", file=sys.stderr)
+        elif main:
+            print(f"no checkpoint in {checkpoint_dir} yet; starting from step 0", file=sys.stderr)
+    if start_step >= cfg.steps and output.exists():
+        return TrainResult(output, start_step, [], 0.0, data.skipped)
+
+    log_dir.mkdir(parents=True, exist_ok=True) if main else None
+    tracker = _tensorboard(log_dir) if main else None
+    jsonl = (log_dir / "train_log.jsonl").open("a") if main else None
+    settings = to_dict(cfg)
+
+    # 5. the loop
+    per_step = cfg.batch_size
+    batches_cache: dict[int, list[list[int]]] = {}
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def batch_for(micro_index: int) -> tuple[list[int], int]:
+        # every process takes its own batch of the same deterministic sequence
+        global_index = micro_index * world + rank
+        per_epoch = len(data.batches(0, per_step)) if 0 not in batches_cache else len(batches_cache[0])
+        epoch, position = divmod(global_index, max(1, per_epoch))
+        if epoch not in batches_cache:
+            batches_cache.clear()
+            batches_cache[epoch] = data.batches(epoch, per_step)
+        return batches_cache[epoch][position % len(batches_cache[epoch])], epoch
+
+    bar = _progress(cfg.steps, start_step, enabled=progress and main)
+    losses: list[float] = []
+    unet_p.train()
+    if cfg.train_text_encoder:
+        te_p.train()
+    last_time, step = time.time(), start_step
+    for step in range(start_step, cfg.steps):
+        step_loss = 0.0
+        for micro in range(cfg.gradient_accumulation):
+            indices, epoch = batch_for(step * cfg.gradient_accumulation + micro)
+            generator = _step_generator(cfg.seed, step, micro, rank)
+            with accelerator.accumulate(unet_p):
+                latents = encoders.latent_batch(indices, lambda i: data.pixels(i, epoch), generator)
+                captions = [data.caption(i, epoch) for i in indices]
+                states = encoders.text_states(captions, cfg.train_text_encoder)
+                with accelerator.autocast():
+                    loss = denoising_loss(unet_p, noise_scheduler, latents.to(weight_dtype), states, generator,
+                                          min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation
+        if not math.isfinite(step_loss):
+            raise UserError(f"loss became {step_loss} at step {step + 1}; lower --lr or use --mixed-precision no/bf16")
+        losses.append(step_loss)
+        done = step + 1
+        lr_now = lr_scheduler.get_last_lr()[0]
+        if main:
+            record = {"step": done, "loss": step_loss, "lr": lr_now, "time": round(time.time() - started, 3)}
+            jsonl.write(json.dumps(record) + "\n")
+            jsonl.flush()
+            if tracker:
+                tracker.add_scalar("train/loss", step_loss, done)
+                tracker.add_scalar("train/lr", lr_now, done)
+            if on_step:
+                on_step(record | {"steps": cfg.steps, "elapsed": time.time() - started})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_now:.2e}")
+        stop = bool(should_stop and should_stop())
+        if main and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or stop) and done < cfg.steps:
+            save_checkpoint(checkpoint_dir, done, trained, optimizer, lr_scheduler, settings, cfg.checkpoints_to_keep)
+            _test_crash_hook(done)
+        if main and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            _save(cfg, pipe, output.with_name(f"{output.stem}-step{done:06d}.safetensors"), done, data, started)
+        if main and cfg.sample_every and done % cfg.sample_every == 0:
+            _validation_grid(cfg, pipe, data, log_dir / "samples" / f"step_{done:06d}.png", resolution)
+            unet_p.train()
+        if stop:
+            break
+        last_time = time.time()
+    bar.close()
+    accelerator.wait_for_everyone()
+    if main:
+        _save(cfg, pipe, output, step + 1, data, started)
+        if cfg.sample_every:
+            _validation_grid(cfg, pipe, data, log_dir / "samples" / "final.png", resolution)
+        jsonl.close()
+        if tracker:
+            tracker.close()
+    del last_time
+    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped)
+
+
+def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
+    components = pipeline_components(pipe)
+    if not cfg.train_text_encoder:
+        components.pop("te", None)
+    settings = to_dict(cfg)
+    if not cfg.record_paths:  # no absolute paths from the user's machine unless asked
+        settings["data"] = Path(cfg.data).name
+        for key in ("output", "checkpoint_dir", "log_dir", "resume"):
+            settings[key] = Path(settings[key]).name if settings[key] else ""
+        if os.path.isabs(cfg.base) or os.sep in cfg.base:
+            settings["base"] = Path(cfg.base).name
+    summary = data.summary.as_metadata() | {"skipped": len(data.skipped)}
+    metadata = {
+        "lora_diffusion.training": settings,
+        "lora_diffusion.dataset": summary,
+        "ss_steps": steps,
+        "ss_num_train_images": data.summary.examples,
+        "ss_learning_rate": cfg.lr,
+        "ss_text_encoder_lr": cfg.text_encoder_lr if cfg.train_text_encoder else 0,
+        "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
+        "ss_seed": cfg.seed,
+        "ss_output_name": path.stem,
+        "ss_training_finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ss_training_time_s": round(time.time() - started, 1),
+        "ss_network_train_unet_only": str(not cfg.train_text_encoder),
+        "lora_diffusion.trainer": f"lora-diffusion {__version__}",
+    }
+    if cfg.trigger_word:
+        metadata["lora_diffusion.trigger_words"] = [cfg.trigger_word]
+    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=components_architecture(pipeline_components(pipe)), metadata=metadata)
+
+
+@torch.no_grad()
+def _validation_grid(cfg: TrainConfig, pipe, data: TrainingData, path: Path, resolution: int) -> None:
+    from PIL import Image
+
+    prompts = cfg.validation_prompts or list(dict.fromkeys(e.caption for e in data.items))[:4]
+    images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
+                  generator=torch.Generator().manual_seed(cfg.seed)).images
+    grid = Image.new("RGB", (resolution * len(images), resolution))
+    for i, image in enumerate(images):
+        grid.paste(image, (i * resolution, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir / "tensorboard"))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _test_crash_hook(step: int) -> None:
+    # Tests simulate a kill -9 right after a checkpoint: exit at once, no cleanup.
+    if os.environ.get("LORA_DIFFUSION_TEST_CRASH_AT_STEP") == str(step):
+        os._exit(137)

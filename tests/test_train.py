@@ -1,0 +1,152 @@
+"""`lora-diffusion train` on a tiny SD1-architecture base: learning, caching, resume, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lora_diffusion import UserError
+from lora_diffusion.cli.main import main
+from lora_diffusion.training.config import TrainConfig
+from lora_diffusion.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("base") / "tiny-sd1"
+    tiny_pipeline("sd1", seed=0).save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def style_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    for i, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]):
+        image = Image.new("RGB", (32, 32), (230, 210, 170))
+        image.paste(color, (8, 8, 24, 24))
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a square number {i}")
+    return str(folder)
+
+
+def _cfg(base, data, out, **kw):
+    values = dict(base=base, data=data, output=str(out), resolution=32, steps=8, batch_size=2, lr=5e-3, seed=1)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _fixed_loss(base, data, adapter, weight):
+    from diffusers import DDPMScheduler
+
+    from lora_diffusion import load_adapter, pipeline_components, set_adapter_weight
+    from lora_diffusion.data.dataset import TrainingData
+    from lora_diffusion.data.folder import scan_folder
+    from lora_diffusion.models.loading import load_pipeline
+    from lora_diffusion.training.objective import denoising_loss
+
+    pipe = load_pipeline(base)
+    comps = pipeline_components(pipe)
+    name = load_adapter(adapter, comps)
+    set_adapter_weight(comps["unet"], name, weight)
+    d = TrainingData(scan_folder(data).examples, 32)
+    with torch.no_grad():
+        pixels = torch.stack([d.pixels(i, 0) for i in range(len(d.items))])
+        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer([e.caption for e in d.items], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        states = pipe.text_encoder(ids)[0]
+        sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        return sum(denoising_loss(pipe.unet, sched, latents, states, torch.Generator().manual_seed(k)).item() for k in range(8))
+
+
+def test_short_run_lowers_loss_and_writes_an_adapter_inspect_reads(tiny_base, style_folder, tmp_path, capsys):
+    out = tmp_path / "style.safetensors"
+    result = train(_cfg(tiny_base, style_folder, out, steps=30, rank=4), progress=False)
+    assert result.output == out and out.is_file() and result.steps == 30
+    assert _fixed_loss(tiny_base, style_folder, out, 1.0) < _fixed_loss(tiny_base, style_folder, out, 0.0)
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rank"] == 4 and info["modules"] == 32 and info["base"] == "sd1"
+    training = json.loads(info["metadata"]["lora_diffusion.training"])
+    assert training["steps"] == 30 and training["data"] == os.path.basename(style_folder)  # no absolute path
+    assert json.loads(info["metadata"]["lora_diffusion.dataset"])["images"] == 4
+    log = [json.loads(line) for line in (tmp_path / "style-logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31))
+
+
+def test_cached_latents_give_the_same_loss_sequence(tiny_base, style_folder, tmp_path):
+    cached = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", cache="memory"), progress=False)
+    uncached = train(_cfg(tiny_base, style_folder, tmp_path / "b.safetensors", cache="off"), progress=False)
+    assert len(cached.losses) == 8
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
+
+
+def test_text_encoder_lora_is_trained_when_asked(tiny_base, style_folder, tmp_path):
+    out = tmp_path / "te.safetensors"
+    train(_cfg(tiny_base, style_folder, out, steps=3, train_text_encoder=True, text_encoder_lr=1e-2), progress=False)
+    tensors = load_file(str(out))
+    te_up = [v for k, v in tensors.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
+    assert len(te_up) == 8 and all(t.abs().sum() > 0 for t in te_up)  # B moved away from zero
+
+
+def test_kill_after_checkpoint_then_resume_is_bit_identical(tiny_base, style_folder, tmp_path):
+    args = ["--base", tiny_base, "--data", style_folder, "--resolution", "32", "--steps", "6", "--batch-size", "2",
+            "--lr", "5e-3", "--seed", "4", "--checkpoint-every", "3", "--quiet"]
+    cmd = [sys.executable, "-m", "lora_diffusion", "train"]
+    straight = tmp_path / "straight" / "a.safetensors"
+    assert subprocess.run(cmd + args + ["--output", str(straight)], capture_output=True, timeout=600).returncode == 0
+    resumed = tmp_path / "resumed" / "a.safetensors"
+    env = dict(os.environ, LORA_DIFFUSION_TEST_CRASH_AT_STEP="3")
+    crashed = subprocess.run(cmd + args + ["--output", str(resumed)], capture_output=True, timeout=600, env=env)
+    assert crashed.returncode == 137 and not resumed.exists()
+    assert (tmp_path / "resumed" / "a-checkpoints" / "checkpoint-000003" / "lora.safetensors").is_file()
+    again = subprocess.run(cmd + args + ["--output", str(resumed), "--resume", "latest"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr and "checkpoint-000003" in again.stderr
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "optimizer=sgd"], "config key 'optimizer' is 'sgd'; allowed values: adamw, adamw8bit"),
+        (["--set", "mixed_precision=fp8"], "config key 'mixed_precision' is 'fp8'; allowed values: no, fp16, bf16"),
+        (["--steps", "0"], "config key 'steps' must be at least 1"),
+        (["--steps", "ten"], "key 'steps' must be an integer, got 'ten'"),
+        (["--lr", "-1"], "config key 'lr' must be greater than 0"),
+        (["--resolution", "30"], "'resolution' must be a multiple of 8"),
+        (["--set", "colour=red"], "unknown config key 'colour'"),
+        (["--set", "novalue"], "--set 'novalue' must look like key=value"),
+        (["--caption-dropout", "1.5"], "'caption_dropout' must be in [0, 1)"),
+    ],
+)
+def test_bad_values_give_one_clear_line(argv, message, tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "x.safetensors")] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_bad_yaml_and_unknown_yaml_key(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("steps: 10\nlearning_rate: 0.1\n")
+    assert main(["train", str(tmp_path / "c.yaml"), "--data", "d", "--output", "o.safetensors"]) == 2
+    assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("steps: [1,\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    assert "is not valid YAML at line" in capsys.readouterr().err
+
+
+def test_folder_with_no_usable_images_exits_non_zero(tiny_base, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.png").write_bytes(b"not a png")
+    code = main(["train", "--base", tiny_base, "--data", str(empty), "--output", str(tmp_path / "o.safetensors"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no usable images" in err
+    assert not (tmp_path / "o.safetensors").exists()
