@@ -58,7 +58,7 @@ def sepia_score(image: Image.Image) -> float:
     shifted = rgb[lit] - _SEPIA_LIFT
     along = shifted @ _SEPIA_DIRECTION
     residual = np.linalg.norm(shifted - along[:, None] * _SEPIA_DIRECTION[None], axis=1)
-    return float(np.exp(-residual / 8.0).mean())
+    return float(np.exp(-residual / 20.0).mean())
 
 
 def pixel_score(image: Image.Image, block: int = 4) -> float:
