@@ -46,8 +46,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
+    from accelerate import PartialState
+
     config = config_from_args(args)
     result = train(config, progress=not args.quiet)
+    if not PartialState().is_main_process:
+        return 0
     print(f"wrote {result.output} after {result.steps} steps in {result.seconds:.0f} s"
           + (f" ({len(result.skipped)} files skipped)" if result.skipped else ""))
     sys.stdout.flush()

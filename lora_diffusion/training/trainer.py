@@ -176,6 +176,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             text_encoder.gradient_checkpointing_enable()
     if main and progress:
         print(parameter_report(unet, text_encoder), file=sys.stderr)
+    if main and accelerator.num_processes > 1:
+        print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
 
     # 3. data
     examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
