@@ -109,6 +109,8 @@ def read_image(image: Image.Image) -> Reading:
     blob = _largest_component(mask)
     # interior pixels only: edges are blended with the background by anti-aliasing
     strong = blob & (distance > np.percentile(distance[blob], 40))
+    if not strong.any():
+        strong = blob
     color = _nearest(np.median(rgb[strong], axis=0), OBJECT_COLORS)
     if blob.sum() < 6:
         return Reading(background, color, None)
