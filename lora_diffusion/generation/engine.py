@@ -106,7 +106,7 @@ class GenerationEngine:
                     weights[name] = choice.weight
                 else:
                     weights[name] = choice.text_weight
-            set_adapter_weights(model, weights)
+            set_adapter_weights(model, weights, remerge=False)
             merge_adapters(model)  # bake the blend in: sampling runs at base-model speed
         return active
 

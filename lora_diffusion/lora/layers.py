@@ -150,22 +150,23 @@ class LoraLayer(nn.Module):
             self._pristine = (weight.detach().clone(), None if bias is None else bias.detach().clone())
         w0, b0 = self._pristine
         active = {n: self.effective_weight(n) for n in self.rank if self.effective_weight(n) != 0.0}
-        if not active:
-            weight.copy_(w0)
-            if bias is not None:
-                bias.copy_(b0)
+        downs = [self.lora_A[n].weight.detach().flatten(1).float() for n in active if self.rank[n] > 0]
+        ups = [
+            self.lora_B[n].weight.detach().flatten(1).float() * (w * self.scaling(n))
+            for n, w in active.items() if self.rank[n] > 0
+        ]
+        if downs:
+            # one matmul over the concatenated ranks: W0 + [w1 s1 B1 | w2 s2 B2 ...] @ [A1; A2 ...]
+            up, down = torch.cat(ups, dim=1).to(w0.device), torch.cat(downs).to(w0.device)
+            if w0.dtype == torch.float32 and weight.is_contiguous():
+                torch.addmm(w0.flatten(1), up, down, out=weight.data.view(w0.shape[0], -1))
+            else:
+                weight.copy_(torch.addmm(w0.flatten(1).float(), up, down).view(w0.shape).to(w0.dtype))
         else:
-            total = torch.zeros(w0.shape, dtype=torch.float32, device=w0.device)
-            bias_total = None
-            for name, w in active.items():
-                if self.rank[name] > 0:
-                    total += w * self.delta_weight(name).to(w0.device)
-                if name in self.lora_bias:
-                    delta_b = w * self.lora_bias[name].detach().float().to(w0.device)
-                    bias_total = delta_b if bias_total is None else bias_total + delta_b
-            weight.copy_((w0.float() + total).to(w0.dtype))
-            if bias is not None:
-                bias.copy_(b0 if bias_total is None else (b0.float() + bias_total).to(b0.dtype))
+            weight.copy_(w0)
+        if bias is not None:
+            deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
+            bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
         self._merged = active
 
     @torch.no_grad()
