@@ -81,19 +81,26 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         print(f"| {count} | {1000 * statistics.median(times):.0f} |")
         del comps
-    comps = build_components("sd1", device="cpu")
-    base = unet_time(comps["unet"], args.latent, args.repeats)
-    print(f"\n| LoRAs merged | UNet step, batch 2, latent {args.latent} (ms) | vs base |")
+    # Sampling cost: a plain base UNet and a LoRA-carrying copy with the same weights, timed
+    # alternately so machine noise hits both alike.
+    base_unet = build_components("sd1", device="cpu")["unet"].eval()
+    comps = {"unet": build_components("sd1", device="cpu")["unet"].eval()}
+    comps["unet"].load_state_dict(base_unet.state_dict())
+    comps["te"] = build_components("sd1", device="cpu")["te"]
+    print(f"\n| LoRAs merged | UNet step, batch 2, latent {args.latent}: base / with LoRAs (median ms) | overhead |")
     print("|---|---|---|")
-    print(f"| base (no LoRA layers) | {1000 * base:.0f} | — |")
     loaded = 0
     for count in (0, 1, 3, 5):
         for i in range(loaded, count):
             add_loras_named(comps, f"l{i}")
         loaded = count
         reblend(comps, {f"l{i}": 0.5 for i in range(count)})
-        t = unet_time(comps["unet"], args.latent, args.repeats)
-        print(f"| {count} | {1000 * t:.0f} | {100 * (t / base - 1):+.1f}% |")
+        base_times, lora_times = [], []
+        for _ in range(args.repeats):
+            base_times.append(unet_time(base_unet, args.latent, 1))
+            lora_times.append(unet_time(comps["unet"], args.latent, 1))
+        b, t = statistics.median(base_times), statistics.median(lora_times)
+        print(f"| {count} | {1000 * b:.0f} / {1000 * t:.0f} | {100 * (t / b - 1):+.1f}% |")
 
 
 if __name__ == "__main__":
