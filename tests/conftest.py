@@ -9,6 +9,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A saved tiny SD1-architecture pipeline folder, usable as --base."""
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    tiny_pipeline("sd1", seed=0).save_pretrained(str(folder))
+    return str(folder)
+
+
 @pytest.fixture
 def sd1():
     from lora_diffusion.models.tiny import tiny_components

@@ -12,15 +12,6 @@ from lora_diffusion.generation.params import GenerationParams, read_png_params
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from lora_diffusion.models.tiny import tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("base") / "tiny"
-    tiny_pipeline("sd1", seed=0).save_pretrained(str(folder))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def two_loras(tiny_base, tmp_path_factory):
     from lora_diffusion.models.loading import load_pipeline
 

@@ -10,19 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lora_diffusion import UserError
 from lora_diffusion.cli.main import main
 from lora_diffusion.training.config import TrainConfig
 from lora_diffusion.training.trainer import train
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from lora_diffusion.models.tiny import tiny_pipeline
-
-    folder = tmp_path_factory.mktemp("base") / "tiny-sd1"
-    tiny_pipeline("sd1", seed=0).save_pretrained(str(folder))
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
