@@ -51,7 +51,9 @@ def detect_unet_architecture(unet: nn.Module) -> str:
     config = getattr(unet, "config", None)
     if config is None:
         return "custom"
-    if dict(config).get("_lora_diffusion_base") is True:
+    from .builtin import BUILTIN_MARKER
+
+    if dict(config).get(BUILTIN_MARKER) is True:
         return "builtin"
     if getattr(config, "addition_embed_type", None) == "text_time":
         return "sdxl"

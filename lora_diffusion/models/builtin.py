@@ -62,10 +62,6 @@ def builtin_path() -> Path:
     return Path(__file__).resolve().parent.parent / "builtin" / "model"
 
 
-def is_builtin_unet(unet) -> bool:
-    return bool(getattr(unet.config, BUILTIN_MARKER, False)) or dict(unet.config).get(BUILTIN_MARKER) is True
-
-
 def build_untrained(seed: int = 0):
     """The components with fresh random weights (the starting point of training)."""
     import torch

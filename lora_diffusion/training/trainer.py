@@ -209,32 +209,33 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     if start_step >= cfg.steps and output.exists():
         return TrainResult(output, start_step, [], 0.0, data.skipped)
 
-    log_dir.mkdir(parents=True, exist_ok=True) if main else None
+    if main:
+        log_dir.mkdir(parents=True, exist_ok=True)
     tracker = _tensorboard(log_dir) if main else None
     jsonl = (log_dir / "train_log.jsonl").open("a") if main else None
     settings = to_dict(cfg)
 
     # 5. the loop
     per_step = cfg.batch_size
-    batches_cache: dict[int, list[list[int]]] = {}
+    # the number of batches per epoch does not depend on the shuffle, so it is computed once
+    batches_per_epoch = max(1, len(data.batches(0, per_step)))
+    epoch_batches: dict[int, list[list[int]]] = {}
     world, rank = accelerator.num_processes, accelerator.process_index
 
     def batch_for(micro_index: int) -> tuple[list[int], int]:
         # every process takes its own batch of the same deterministic sequence
-        global_index = micro_index * world + rank
-        per_epoch = len(data.batches(0, per_step)) if 0 not in batches_cache else len(batches_cache[0])
-        epoch, position = divmod(global_index, max(1, per_epoch))
-        if epoch not in batches_cache:
-            batches_cache.clear()
-            batches_cache[epoch] = data.batches(epoch, per_step)
-        return batches_cache[epoch][position % len(batches_cache[epoch])], epoch
+        epoch, position = divmod(micro_index * world + rank, batches_per_epoch)
+        if epoch not in epoch_batches:
+            epoch_batches.clear()
+            epoch_batches[epoch] = data.batches(epoch, per_step)
+        return epoch_batches[epoch][position], epoch
 
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
     losses: list[float] = []
     unet_p.train()
     if cfg.train_text_encoder:
         te_p.train()
-    last_time, step = time.time(), start_step
+    step = start_step
     for step in range(start_step, cfg.steps):
         step_loss = 0.0
         for micro in range(cfg.gradient_accumulation):
@@ -281,7 +282,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             unet_p.train()
         if stop:
             break
-        last_time = time.time()
     bar.close()
     accelerator.wait_for_everyone()
     if main:
@@ -291,12 +291,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         jsonl.close()
         if tracker:
             tracker.close()
-    del last_time
     return TrainResult(output, step + 1, losses, time.time() - started, data.skipped)
 
 
 def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
     components = pipeline_components(pipe)
+    arch = components_architecture(components)
     if not cfg.train_text_encoder:
         components.pop("te", None)
     settings = to_dict(cfg)
@@ -324,7 +324,7 @@ def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, st
     }
     if cfg.trigger_word:
         metadata["lora_diffusion.trigger_words"] = [cfg.trigger_word]
-    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=components_architecture(pipeline_components(pipe)), metadata=metadata)
+    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata)
 
 
 @torch.no_grad()

@@ -51,49 +51,40 @@ def _normalise(mask: np.ndarray) -> np.ndarray:
     return np.asarray(image) > 127
 
 
+def _flood(free: np.ndarray, seeds: list[tuple[int, int]]) -> np.ndarray:
+    """Pixels of ``free`` 4-connected to any seed (plain flood fill; images are small)."""
+    h, w = free.shape
+    reached = np.zeros_like(free, dtype=bool)
+    stack = [(y, x) for y, x in seeds if free[y, x]]
+    for y, x in stack:
+        reached[y, x] = True
+    while stack:
+        y, x = stack.pop()
+        for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+            if 0 <= ny < h and 0 <= nx < w and free[ny, nx] and not reached[ny, nx]:
+                reached[ny, nx] = True
+                stack.append((ny, nx))
+    return reached
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """4-connected component with the most pixels (plain flood fill; images are small)."""
-    h, w = mask.shape
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    best, best_size, current = 0, 0, 0
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if labels[y0, x0]:
-            continue
-        current += 1
-        stack, size = [(y0, x0)], 0
-        labels[y0, x0] = current
-        while stack:
-            y, x = stack.pop()
-            size += 1
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = current
-                    stack.append((ny, nx))
-        if size > best_size:
-            best, best_size = current, size
-    return labels == best
+    """The 4-connected component of ``mask`` with the most pixels."""
+    seen = np.zeros_like(mask, dtype=bool)
+    best = np.zeros_like(mask, dtype=bool)
+    for y, x in zip(*np.nonzero(mask)):
+        if not seen[y, x]:
+            component = _flood(mask, [(y, x)])
+            seen |= component
+            if component.sum() > best.sum():
+                best = component
+    return best
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Pixels not reachable from the border through background count as inside."""
-    outside = _largest_component_from_border(~mask)
-    return ~outside
-
-
-def _largest_component_from_border(free: np.ndarray) -> np.ndarray:
-    h, w = free.shape
-    seen = np.zeros_like(free)
-    stack = [(y, x) for y in range(h) for x in (0, w - 1) if free[y, x]]
-    stack += [(y, x) for x in range(w) for y in (0, h - 1) if free[y, x]]
-    for y, x in stack:
-        seen[y, x] = True
-    while stack:
-        y, x = stack.pop()
-        for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-            if 0 <= ny < h and 0 <= nx < w and free[ny, nx] and not seen[ny, nx]:
-                seen[ny, nx] = True
-                stack.append((ny, nx))
-    return seen
+    h, w = mask.shape
+    border = [(y, x) for y in range(h) for x in (0, w - 1)] + [(y, x) for x in range(w) for y in (0, h - 1)]
+    return ~_flood(~mask, border)
 
 
 def read_image(image: Image.Image) -> Reading:
