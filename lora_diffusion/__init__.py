@@ -19,6 +19,7 @@ from .errors import UserError  # noqa: E402
 from .lora.config import LoraConfig  # noqa: E402
 from .lora.inject import (  # noqa: E402
     adapter_names,
+    blend_adapters,
     delete_adapter,
     inject_adapter,
     lora_layers,
@@ -42,6 +43,7 @@ __all__ = [
     "UserError",
     "adapter_names",
     "apply_adapter",
+    "blend_adapters",
     "delete_adapter",
     "extract_adapter",
     "inject_adapter",

@@ -173,7 +173,10 @@ def test_non_safetensors_and_garbage_are_refused(tmp_path):
         read_adapter(garbage)
     odd = tmp_path / "odd.safetensors"
     save_file({"model.diffusion_model.x": torch.zeros(2)}, str(odd))
-    with pytest.raises(UserError, match="not in the kohya/A1111 LoRA layout"):
+    with pytest.raises(UserError, match="a full model checkpoint, not a LoRA; use it as --base"):
+        read_adapter(odd)
+    save_file({"weird.x": torch.zeros(2)}, str(odd))
+    with pytest.raises(UserError, match="'weird.x' is in none of the LoRA layouts read here"):
         read_adapter(odd)
     loha = tmp_path / "loha.safetensors"
     save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, str(loha))

@@ -51,7 +51,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     save_file({"weird.key": torch.zeros(1)}, str(bad))
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not in the kohya/A1111 LoRA layout" in err
+    assert err.count("\n") == 1 and "in none of the LoRA layouts read here" in err
 
 
 def test_console_script_help_and_debug(tmp_path):

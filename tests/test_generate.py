@@ -82,17 +82,24 @@ def test_same_arguments_and_seed_give_the_same_images_and_png_params_round_trip(
                                       loras=[("l0", 0.6), ("l1", -0.25)])
 
 
-def test_kohya_file_blends_like_diffusers_set_adapters(tiny_base, two_loras):
+@pytest.mark.parametrize("second_layout", ["kohya", "diffusers"])
+def test_kohya_and_diffusers_files_blend_like_diffusers_set_adapters(tiny_base, two_loras, second_layout, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from lora_diffusion import write_adapter
+
     pytest.importorskip("peft")
+    second = two_loras[1]
+    if second_layout == "diffusers":
+        second = str(write_adapter(read_adapter(second), tmp_path / "l1_diffusers.safetensors", layout="diffusers"))
+        assert read_adapter(second).layout == "diffusers"
     engine = GenerationEngine(device="cpu")
-    ours = engine.generate("abc", base=tiny_base, loras=[LoraChoice(two_loras[0], 0.7), LoraChoice(two_loras[1], -0.4)],
+    ours = engine.generate("abc", base=tiny_base, loras=[LoraChoice(two_loras[0], 0.7), LoraChoice(second, -0.4)],
                            seed=3, steps=5, width=32, height=32, scheduler="DDIM")
     theirs = StableDiffusionPipeline.from_pretrained(tiny_base)
     theirs.scheduler = DDIMScheduler.from_config(theirs.scheduler.config)
     theirs.load_lora_weights(two_loras[0], adapter_name="a")
-    theirs.load_lora_weights(two_loras[1], adapter_name="b")
+    theirs.load_lora_weights(second, adapter_name="b")
     theirs.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])
     image = theirs("abc", num_inference_steps=5, guidance_scale=5.0, width=32, height=32,
                    generator=[torch.Generator().manual_seed(3)]).images[0]
@@ -109,3 +116,24 @@ def test_lora_spec_parsing_and_errors(tmp_path):
         engine.set_loras("builtin", [LoraChoice(str(tmp_path / "nope.safetensors"))])
     with pytest.raises(UserError, match="unknown scheduler 'Heun'; choose one of: DDIM, Euler, Euler a"):
         engine.generate("x", scheduler="Heun", steps=1)
+
+
+def test_merged_forward_calls_no_lora_module(tiny_base, two_loras):
+    """After blending, sampling runs only the base model's modules: it costs what the base costs."""
+    engine = GenerationEngine(device="cpu")
+    pipe = engine.pipeline(tiny_base)
+    engine.set_loras(tiny_base, [LoraChoice(two_loras[0], 0.8), LoraChoice(two_loras[1], -0.3, 0.5)])
+    calls = []
+    hooks = []
+    for model in pipeline_components(pipe).values():
+        for layer in lora_layers(model).values():
+            for store in (layer.lora_A, layer.lora_B):
+                for module in store.values():
+                    hooks.append(module.register_forward_hook(lambda *a: calls.append(1)))
+    assert hooks
+    try:
+        _images(engine, tiny_base, [LoraChoice(two_loras[0], 0.8), LoraChoice(two_loras[1], -0.3, 0.5)])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []

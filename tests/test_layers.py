@@ -1,5 +1,6 @@
 """LoRA layers on single modules: the math, merging, and exact restoration."""
 
+import copy
 import random
 
 import pytest
@@ -169,3 +170,35 @@ def test_disabled_adapter_contributes_nothing_and_bad_config_is_refused():
         LoraConfig(bias="some")
     with pytest.raises(ValueError, match="already exists"):
         layer.add_adapter("a", LoraConfig())
+
+
+def test_weight_changes_are_low_rank_updates_that_stay_exact():
+    """Slider moves on a merged layer are cheap in-place updates; they match a fresh blend to
+    float rounding every time, and the periodic fresh blend matches it bit for bit."""
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(48, 40))
+    for i, name in enumerate(("a", "b", "c")):
+        layer.add_adapter(name, LoraConfig(rank=4, alpha=2, bias="lora_only"))
+        nn.init.normal_(layer.lora_B[name].weight, std=0.3)
+        nn.init.normal_(layer.lora_bias[name], std=0.3)
+    reference = copy.deepcopy(layer)
+    layer.merge()
+    rng = random.Random(1)
+    for change in range(1, 3 * LoraLinear.REBLEND_EVERY + 1):
+        name, weight = rng.choice("abc"), rng.uniform(-1.5, 2.0)
+        layer.set_weight(name, weight)
+        layer.merge()
+        reference.set_weight(name, weight)
+        reference.merge(fresh=True)
+        got, want = layer.base_layer.weight, reference.base_layer.weight
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(layer.base_layer.bias, reference.base_layer.bias, rtol=0, atol=1e-5)
+        if change % (LoraLinear.REBLEND_EVERY + 1) == 0:
+            assert torch.equal(got, want), f"change {change} should be a fresh blend"
+    x = torch.randn(5, 48)
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
+    for name in "abc":
+        layer.set_weight(name, 0.0)
+    layer.merge()
+    assert torch.equal(layer.base_layer.weight, layer._pristine[0])
+    assert torch.equal(layer.base_layer.bias, layer._pristine[1])

@@ -22,7 +22,7 @@ from ..lora.inject import base_modules, lora_layers
 from ..lora.layers import LoraLayer, wrap_module
 from ..models.architecture import ARCH_LABELS, KOHYA_BASE_VERSION, detect_unet_architecture, fingerprint
 from .file import META_PREFIX, AdapterFile, ModuleLora, read_adapter, write_adapter
-from .naming import component_of, kohya_name
+from .naming import PREFIXES, component_of, kohya_name
 
 Components = Mapping[str, nn.Module]
 
@@ -94,7 +94,6 @@ def extract_adapter(
     rank, alpha = adapter.rank, adapter.alpha
     convs = [m for m in modules.values() if m.down is not None and m.down.dim() == 4 and m.down.shape[-1] > 1]
     meta: dict[str, object] = {
-        META_PREFIX + "format": "kohya",
         META_PREFIX + "version": __version__,
         META_PREFIX + "rank": rank,
         META_PREFIX + "alpha": _num(alpha),
@@ -129,9 +128,10 @@ def save_adapter(
     dtype: str = "fp16",
     base: str | None = None,
     metadata: Mapping[str, object] | None = None,
+    layout: str = "kohya",
 ) -> Path:
-    """Write adapter ``name`` from ``components`` to a kohya-layout ``.safetensors`` file."""
-    return write_adapter(extract_adapter(components, name, base=base, metadata=metadata), path, dtype)
+    """Write adapter ``name`` from ``components`` to a ``.safetensors`` file (kohya or diffusers layout)."""
+    return write_adapter(extract_adapter(components, name, base=base, metadata=metadata), path, dtype, layout)
 
 
 def _fit(tensor: torch.Tensor, like: tuple[int, ...]) -> torch.Tensor | None:
@@ -153,6 +153,20 @@ def _mismatch(source: str, name: str, detail: str, file_arch: str, model_arch: s
     else:
         cause = "this LoRA was made for a different base model; load it with the base it was trained on"
     return UserError(f"LoRA {source} does not fit the base model: module {name} {detail}; {cause}")
+
+
+def _model_key(key: str, components: Components) -> str:
+    """The kohya name in this model.
+
+    Files disagree on how to name a lone text encoder: diffusers' own kohya converter
+    writes ``lora_te1_`` for SD1/SD2 and diffusers-layout SDXL files name the first
+    encoder like a lone one, so te and te1 stand in for each other when only one exists.
+    """
+    component = component_of(key)
+    for wanted, other in (("te", "te1"), ("te1", "te")):
+        if component == wanted and wanted not in components and other in components:
+            return PREFIXES[other] + key[len(PREFIXES[wanted]):]
+    return key
 
 
 def apply_adapter(
@@ -177,8 +191,9 @@ def apply_adapter(
         for path, module in base_modules(model):
             lookup[kohya_name(component, path)] = (model, path, module)
     plan: list[tuple[nn.Module, str, str, ModuleLora, torch.Tensor | None, torch.Tensor | None]] = []
-    for key in sorted(adapter.modules):
-        entry = adapter.modules[key]
+    for file_key in sorted(adapter.modules):
+        entry = adapter.modules[file_key]
+        key = _model_key(file_key, components)
         if component_of(key) not in components:
             role = {"te": "a text encoder", "te1": "a first text encoder", "te2": "a second text encoder (SDXL)"}
             wanted = role.get(component_of(key), component_of(key))

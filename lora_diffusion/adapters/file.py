@@ -1,6 +1,8 @@
-"""Adapter files: kohya/A1111-layout ``.safetensors`` in, ``AdapterFile`` out, and back.
+"""Adapter files: ``.safetensors`` in any common LoRA layout in, ``AdapterFile`` out, and back.
 
-Pure data: nothing here touches a model. ``apply.py`` maps files onto networks.
+Modules are always keyed by kohya/A1111 names in memory; ``layouts.py`` maps the
+diffusers/PEFT layouts onto them. Pure data: nothing here touches a model.
+``apply.py`` maps files onto networks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from safetensors.torch import save_file
 
 from ..errors import UserError
 from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
-from .naming import component_of
+from .layouts import METADATA_KEY, detect_layout, parse_diffusers_state_dict, to_diffusers_state_dict
+from .naming import canonical_kohya_name, component_of
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 META_PREFIX = "lora_diffusion."
@@ -61,6 +64,7 @@ class AdapterFile:
 
     modules: dict[str, ModuleLora]
     metadata: dict[str, str] = field(default_factory=dict)
+    layout: str = "kohya"  # the layout it was read in: kohya, diffusers or peft
 
     @property
     def rank(self) -> int:
@@ -108,7 +112,7 @@ def _open_error(path: Path, why: str) -> UserError:
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read a kohya/A1111-layout (or our own) ``.safetensors`` adapter file.
+    """Read a LoRA ``.safetensors`` file in kohya/A1111, diffusers or PEFT layout.
 
     Only safetensors are read; anything else is refused before a byte is parsed.
     """
@@ -126,7 +130,34 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _open_error(path, f"not a valid safetensors file ({error})") from None
-    return AdapterFile(parse_kohya_state_dict(tensors, path), metadata)
+    if not tensors:
+        raise _open_error(path, "it holds no tensors")
+    layout = detect_layout(list(tensors))
+    if layout == "kohya":
+        return AdapterFile(parse_kohya_state_dict(tensors, path), metadata, "kohya")
+    if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
+        raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")
+    if layout == "unknown":
+        raise _open_error(
+            path,
+            f"tensor {next(iter(tensors))!r} is in none of the LoRA layouts read here "
+            "(kohya lora_unet_/lora_te_, diffusers unet./text_encoder., PEFT base_model.model.)",
+        )
+    return AdapterFile(
+        parse_diffusers_state_dict(tensors, metadata, path, peft_config=_peft_config(path)), metadata, layout
+    )
+
+
+def _peft_config(path: Path) -> dict | None:
+    """PEFT's ``adapter_config.json`` saved beside ``adapter_model.safetensors`` (holds lora_alpha)."""
+    config = path.with_name("adapter_config.json")
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _open_error(path, f"its adapter_config.json cannot be read ({error}); fix or remove it") from None
+    return value if isinstance(value, dict) else None
 
 
 def parse_kohya_state_dict(tensors: dict[str, torch.Tensor], source: object = "state dict") -> dict[str, ModuleLora]:
@@ -134,6 +165,7 @@ def parse_kohya_state_dict(tensors: dict[str, torch.Tensor], source: object = "s
     modules: dict[str, ModuleLora] = {}
     for key, tensor in tensors.items():
         module_name, _, suffix = key.partition(".")
+        module_name = canonical_kohya_name(module_name)
         if component_of(module_name) is None:
             raise UserError(
                 f"{source}: tensor {key!r} is not in the kohya/A1111 LoRA layout "
@@ -180,19 +212,32 @@ def to_state_dict(adapter: AdapterFile, dtype: torch.dtype = torch.float16) -> d
     return tensors
 
 
-def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "fp16") -> Path:
-    """Write ``adapter`` to ``path`` atomically (temp file + rename): a crash never leaves half a file."""
+def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "fp16", layout: str = "kohya") -> Path:
+    """Write ``adapter`` to ``path`` atomically (temp file + rename): a crash never leaves half a file.
+
+    ``layout`` is ``kohya`` (A1111, ComfyUI, kohya scripts) or ``diffusers`` (diffusers/PEFT
+    names plus the alpha metadata diffusers reads, so the strength is the same everywhere).
+    """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise UserError(f"output {path} must end in .safetensors; adapters are only written as safetensors")
     if dtype not in SAVE_DTYPES:
         raise UserError(f"save dtype {dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
-    metadata = {k: str(v) for k, v in adapter.metadata.items()}
+    if layout not in ("kohya", "diffusers"):
+        raise UserError(f"layout {layout!r} is not one of kohya, diffusers")
+    metadata = {k: str(v) for k, v in adapter.metadata.items() if k not in (METADATA_KEY, "lora_diffusion.alphas")}
     metadata.setdefault("format", "pt")
+    if layout == "kohya":
+        tensors = to_state_dict(adapter, SAVE_DTYPES[dtype])
+    else:
+        tensors, extra = to_diffusers_state_dict(adapter.modules)
+        tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in tensors.items()}
+        metadata.update(extra)
+    metadata[META_PREFIX + "format"] = layout
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(to_state_dict(adapter, SAVE_DTYPES[dtype]), str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

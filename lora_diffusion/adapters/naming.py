@@ -32,3 +32,16 @@ def component_of(name: str) -> str | None:
         if name.startswith(prefix):
             return component
     return None
+
+
+def canonical_kohya_name(name: str) -> str:
+    """``name`` with a text-encoder path given its ``text_model_`` level (converters built on
+    transformers 5 module trees leave it out; A1111 and our model lookup expect it)."""
+    component = component_of(name)
+    if component is None or component == "unet":
+        return name
+    prefix = PREFIXES[component]
+    rest = name[len(prefix):]
+    if rest.startswith(("encoder_", "final_layer_norm", "embeddings_")):
+        return prefix + "text_model_" + rest
+    return name

@@ -34,7 +34,7 @@ def describe(adapter: AdapterFile, path: Path) -> dict:
     alpha = adapter.alpha
     return {
         "file": str(path),
-        "format": adapter.metadata.get(META_PREFIX + "format", "kohya"),
+        "format": adapter.layout,
         "writer": f"lora-diffusion {writer}" if writer else "unknown",
         "rank": adapter.rank,
         "ranks": {str(k): v for k, v in sorted(rank_summary(adapter).items())},

@@ -18,7 +18,7 @@ import torch
 from ..adapters.apply import apply_adapter, pipeline_components
 from ..adapters.file import read_adapter
 from ..errors import UserError
-from ..lora.inject import adapter_names, merge_adapters, set_adapter_weights
+from ..lora.inject import blend_adapters
 from ..models.loading import load_pipeline
 from .params import GenerationParams
 from .schedulers import make_scheduler
@@ -98,7 +98,7 @@ class GenerationEngine:
         chosen = {name: choice for name, choice in active}
         for role, model in components.items():
             weights = {}
-            for name in adapter_names(model):
+            for name in loaded.values():
                 choice = chosen.get(name)
                 if choice is None:
                     weights[name] = 0.0
@@ -106,8 +106,7 @@ class GenerationEngine:
                     weights[name] = choice.weight
                 else:
                     weights[name] = choice.text_weight
-            set_adapter_weights(model, weights, remerge=False)
-            merge_adapters(model)  # bake the blend in: sampling runs at base-model speed
+            blend_adapters(model, weights)  # baked in: sampling runs at base-model speed
         return active
 
     @torch.no_grad()

@@ -137,8 +137,21 @@ def _remerge(model: nn.Module) -> None:
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """Bake all adapters at their current weights into the base weights (inference speed)."""
+    """Bake all adapters at their current weights into the base weights (inference speed).
+
+    Always a fresh blend from the pristine W0, so it is right even after A/B were trained further.
+    """
     for layer in lora_layers(model).values():
+        layer.merge(fresh=True)
+
+
+def blend_adapters(model: nn.Module, weights: dict[str, float]) -> None:
+    """Set runtime weights (adapters not named keep theirs) and bake the blend in: the fast path
+    for moving sliders, one walk over the model and only the changed adapters' low-rank updates."""
+    for layer in lora_layers(model).values():
+        for name, weight in weights.items():
+            if name in layer.rank:
+                layer.set_weight(name, weight)
         layer.merge()
 
 

@@ -3,9 +3,10 @@
 y = W0·x + b0 + Σᵢ wᵢ·(αᵢ/rᵢ)·Bᵢ·Aᵢ·dropout(x) + Σᵢ wᵢ·Δbᵢ
 
 ``wᵢ`` is the runtime weight (the slider), ``αᵢ/rᵢ`` the adapter's fixed scale.
-Merging writes Σ wᵢ·(αᵢ/rᵢ)·BᵢAᵢ into the base weight, always computed from a
-pristine copy of W0 kept aside while merged, so any sequence of merges, weight
-changes and unmerges restores W0 bit for bit (no add/subtract drift).
+Merging writes Σ wᵢ·(αᵢ/rᵢ)·BᵢAᵢ into the base weight. A pristine copy of W0 is
+kept aside while merged, so any sequence of merges, weight changes and unmerges
+restores W0 bit for bit, and weight changes are cheap low-rank updates that are
+periodically re-blended from W0 so rounding never accumulates.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class LoraLayer(nn.Module):
     the product B·A maps onto the base weight's shape.
     """
 
+    REBLEND_EVERY = 16  # incremental weight changes between fresh blends from W0
+
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -41,6 +44,8 @@ class LoraLayer(nn.Module):
         # name -> weight that is currently baked into base_layer's tensors
         self._merged: dict[str, float] = {}
         self._pristine: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._updates = 0  # low-rank updates since the last fresh blend from W0
+        self._side: list[tuple[str, float]] | None = None  # forward's side paths, cached
 
     # ---- what subclasses provide -------------------------------------------------
     def _make_down_up(self, rank: int, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -99,6 +104,7 @@ class LoraLayer(nn.Module):
         self.alpha[name] = config.effective_alpha if rank > 0 else 1.0
         self.adapter_weight[name] = 1.0
         self.adapter_enabled[name] = True
+        self._side = None
 
     def delete_adapter(self, name: str) -> None:
         """Remove one adapter; if it was merged, the merge is redone without it."""
@@ -112,6 +118,7 @@ class LoraLayer(nn.Module):
                 del store[name]
         for store in (self.rank, self.alpha, self.adapter_weight, self.adapter_enabled):
             del store[name]
+        self._side = None
         if was_merged and self.rank:
             self.merge()
 
@@ -120,9 +127,11 @@ class LoraLayer(nn.Module):
 
     def set_weight(self, name: str, weight: float) -> None:
         self.adapter_weight[name] = float(weight)
+        self._side = None
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         self.adapter_enabled[name] = bool(enabled)
+        self._side = None
 
     def effective_weight(self, name: str) -> float:
         """The multiplier this adapter should contribute right now (0 when disabled)."""
@@ -138,36 +147,67 @@ class LoraLayer(nn.Module):
         return self._pristine is not None
 
     @torch.no_grad()
-    def merge(self) -> None:
+    def merge(self, fresh: bool = False) -> None:
         """Bake the current weights of all adapters into the base tensors.
 
-        Re-blends from the pristine W0 each time, so calling it after any weight
-        change is exact. Forward stays correct whether merged or not.
+        ``fresh=True`` always re-blends from W0 (needed after A/B themselves changed,
+        e.g. more training); otherwise only weight changes since the last merge are applied.
+
+        A weight change on a merged fp32 layer is applied as one low-rank update
+        (``W += Δw·s·B·A`` for the adapters that changed: the cost of one LoRA however
+        many are loaded); every ``REBLEND_EVERY``-th change, on any change of dtype-sensitive
+        (fp16/bf16) weights, and whenever the layer is first merged, the blend is recomputed
+        from the pristine W0, so rounding never builds up. All weights 0 copies W0 back,
+        bit for bit. Forward stays correct whether merged or not.
         """
+        active = {n: w for n in self.rank if (w := self.effective_weight(n)) != 0.0}
+        if self._pristine is not None and active == self._merged and not fresh:
+            return
         weight = self.base_layer.weight
         bias = getattr(self.base_layer, "bias", None)
         if self._pristine is None:
             self._pristine = (weight.detach().clone(), None if bias is None else bias.detach().clone())
         w0, b0 = self._pristine
-        active = {n: self.effective_weight(n) for n in self.rank if self.effective_weight(n) != 0.0}
-        downs = [self.lora_A[n].weight.detach().flatten(1).float() for n in active if self.rank[n] > 0]
-        ups = [
-            self.lora_B[n].weight.detach().flatten(1).float() * (w * self.scaling(n))
-            for n, w in active.items() if self.rank[n] > 0
-        ]
-        if downs:
-            # one matmul over the concatenated ranks: W0 + [w1 s1 B1 | w2 s2 B2 ...] @ [A1; A2 ...]
-            up, down = torch.cat(ups, dim=1).to(w0.device), torch.cat(downs).to(w0.device)
-            if w0.dtype == torch.float32 and weight.is_contiguous():
-                torch.addmm(w0.flatten(1), up, down, out=weight.data.view(w0.shape[0], -1))
-            else:
-                weight.copy_(torch.addmm(w0.flatten(1).float(), up, down).view(w0.shape).to(w0.dtype))
+        incremental = (
+            not fresh and bool(self._merged) and bool(active) and self._updates < self.REBLEND_EVERY
+            and weight.dtype == torch.float32 and weight.is_contiguous()
+        )
+        if incremental:
+            change = {n: active.get(n, 0.0) - self._merged.get(n, 0.0) for n in set(active) | set(self._merged)}
+            self._add_low_rank(weight, {n: d for n, d in change.items() if d != 0.0})
+            if bias is not None:
+                for n, d in change.items():
+                    if d != 0.0 and n in self.lora_bias:
+                        bias.add_(d * self.lora_bias[n].detach().to(bias.dtype))
+            self._updates += 1
         else:
             weight.copy_(w0)
-        if bias is not None:
-            deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
-            bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
+            if bias is not None:
+                deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
+                bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
+            if active:
+                self._add_low_rank(weight, active, base=w0)
+            self._updates = 0
         self._merged = active
+        self._side = None
+
+    def _add_low_rank(self, weight: torch.Tensor, weights: dict[str, float], base: torch.Tensor | None = None) -> None:
+        """weight (+)= Σ wᵢ·sᵢ·BᵢAᵢ as one matmul over the concatenated ranks.
+
+        With ``base`` the result is ``base + Σ…`` (a fresh blend); without, it adds in place.
+        """
+        names = [n for n in weights if self.rank[n] > 0]
+        if not names:
+            return
+        device = weight.device
+        up = torch.cat([self.lora_B[n].weight.detach().flatten(1).float() * (weights[n] * self.scaling(n)) for n in names], dim=1)
+        down = torch.cat([self.lora_A[n].weight.detach().flatten(1).float() for n in names])
+        up, down = up.to(device), down.to(device)
+        if weight.dtype == torch.float32 and weight.is_contiguous():
+            weight.data.view(weight.shape[0], -1).addmm_(up, down)
+        else:
+            start = weight if base is None else base
+            weight.copy_(torch.addmm(start.flatten(1).float(), up, down).view(weight.shape).to(weight.dtype))
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -180,6 +220,7 @@ class LoraLayer(nn.Module):
             self.base_layer.bias.copy_(b0)
         self._pristine = None
         self._merged = {}
+        self._side = None
 
     # ---- forward -------------------------------------------------------------------
     def _lora_path(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -189,14 +230,17 @@ class LoraLayer(nn.Module):
     def _bias_shape(self, out: torch.Tensor) -> tuple[int, ...]:
         return (-1,)
 
+    def _side_paths(self) -> list[tuple[str, float]]:
+        """(adapter, weight) pairs forward must still add: the part not baked into the base weight."""
+        if self._side is None:
+            side = [(n, self.effective_weight(n) - self._merged.get(n, 0.0)) for n in self.rank]
+            self._side = [(n, w) for n, w in side if w != 0.0]
+        return self._side
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        for name in self.rank:
-            # Only the part not already baked into the base weight is added, so the
-            # output is right in every state: unmerged, merged, or merged-then-changed.
-            w = self.effective_weight(name) - self._merged.get(name, 0.0)
-            if w == 0.0:
-                continue
+        # Fully merged (the generation case) leaves nothing to add: base-model cost.
+        for name, w in self._side_paths():
             if self.rank[name] > 0:
                 out = out + (self._lora_path(name, x) * (w * self.scaling(name))).to(out.dtype)
             if name in self.lora_bias:
