@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..adapters.apply import rank_summary
-from ..adapters.file import META_PREFIX, AdapterFile, read_adapter
-from ..adapters.naming import component_of
+from ..adapters.file import read_adapter
+from ..adapters.summary import describe
 from .text import safe_text
 
 
@@ -22,29 +21,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(run=run)
     return parser
-
-
-def describe(adapter: AdapterFile, path: Path) -> dict:
-    """The facts `inspect` reports, as a JSON-ready dict."""
-    per_component: dict[str, int] = {}
-    for name in adapter.modules:
-        role = component_of(name) or "?"
-        per_component[role] = per_component.get(role, 0) + 1
-    writer = adapter.metadata.get(META_PREFIX + "version")
-    alpha = adapter.alpha
-    return {
-        "file": str(path),
-        "format": adapter.layout,
-        "writer": f"lora-diffusion {writer}" if writer else "unknown",
-        "rank": adapter.rank,
-        "ranks": {str(k): v for k, v in sorted(rank_summary(adapter).items())},
-        "alpha": alpha if alpha is None or not float(alpha).is_integer() else int(alpha),
-        "modules": len(adapter.modules),
-        "components": per_component,
-        "base": adapter.architecture(),
-        "size_bytes": path.stat().st_size,
-        "metadata": dict(sorted(adapter.metadata.items())),
-    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import generate_cmd, inspect_cmd, quickstart_cmd, train_cmd
+from . import generate_cmd, inspect_cmd, quickstart_cmd, train_cmd, ui_cmd
 
 # each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
-COMMANDS = [train_cmd, generate_cmd, inspect_cmd, quickstart_cmd]
+COMMANDS = [train_cmd, generate_cmd, inspect_cmd, quickstart_cmd, ui_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

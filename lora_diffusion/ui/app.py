@@ -1,0 +1,347 @@
+"""The Gradio page: Generate (blend LoRAs with sliders), Train (from uploads), Library (files and facts).
+
+Everything the page does goes through the same engines as the CLI: ``GenerationEngine`` (pipelines
+and adapters stay loaded, so moving a slider reloads nothing), ``TrainingJob`` (one background run)
+and ``LoraLibrary`` (bare names only, so no request can reach outside the LoRA folder).
+Errors reach the page as one-line messages; file metadata is shown as plain text only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from pathlib import Path
+
+from ..errors import UserError
+from ..generation.schedulers import sampler_names
+from ..training.config import TrainConfig
+from .jobs import TrainingJob
+from .library import LoraLibrary
+
+LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
+MAX_UPLOAD_MB = 2048
+
+CSS = """
+#ld-title h1 {margin-bottom: 0}
+.ld-help {color: var(--body-text-color-subdued); font-size: 0.9em}
+"""
+
+
+class UiState:
+    """What the page's callbacks share: library, engine (behind a lock), training job, folders."""
+
+    def __init__(self, lora_dir: str, base: str = "builtin", models_dir: str | None = None,
+                 out_dir: str | None = None, device: str | None = None):
+        from ..generation.engine import GenerationEngine
+
+        self.library = LoraLibrary(lora_dir)
+        self.default_base = base
+        self.models_dir = Path(models_dir).expanduser() if models_dir else None
+        self.out_dir = Path(out_dir).expanduser().resolve() if out_dir else self.library.folder.parent / "outputs"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = GenerationEngine(device=device)
+        self.engine_lock = threading.Lock()  # the engine re-blends weights in place: one request at a time
+        self.job = TrainingJob(self.library)
+
+    def base_choices(self) -> list[str]:
+        """builtin, the configured base, and diffusers folders / .safetensors checkpoints in the models folder."""
+        choices = ["builtin"]
+        if self.default_base not in choices:
+            choices.append(self.default_base)
+        if self.models_dir and self.models_dir.is_dir():
+            for item in sorted(self.models_dir.iterdir()):
+                if (item / "model_index.json").is_file() or item.suffix.lower() == ".safetensors":
+                    choices.append(str(item))
+        return choices
+
+    # ---- generate ---------------------------------------------------------------------------
+    def generate(self, base: str, prompt: str, negative: str, seed: float, steps: float, guidance: float,
+                 width: float, height: float, scheduler: str, num_images: float, slots: list) -> tuple[list, str]:
+        from ..generation.engine import LoraChoice, next_index
+        from ..generation.params import save_png
+
+        if not (prompt or "").strip():
+            raise UserError("write a prompt first")
+        choices = []
+        for enabled, name, weight in zip(slots[0::3], slots[1::3], slots[2::3]):
+            if enabled and name:
+                choices.append(LoraChoice(str(self.library.path(name)), float(weight)))
+        seed = None if seed is None or int(seed) < 0 else int(seed)
+        with self.engine_lock:
+            results = self.engine.generate(
+                prompt, base=base or "builtin", loras=choices, negative_prompt=negative or "", seed=seed,
+                steps=int(steps), guidance=float(guidance), width=int(width), height=int(height),
+                num_images=int(num_images), scheduler=scheduler,
+            )
+            index = next_index(self.out_dir)
+            paths = [str(save_png(image, self.out_dir / f"{index + i:05d}-{params.seed}.png", params))
+                     for i, (image, params) in enumerate(results)]
+        gallery = [(path, f"seed {params.seed}") for path, (_, params) in zip(paths, results)]
+        return gallery, "\n\n".join(params.to_text() for _, params in results)
+
+    # ---- train ------------------------------------------------------------------------------
+    def start_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str, rank: float,
+                       alpha: float, steps: float, lr: float, resolution: float, train_te: bool, base: str) -> str:
+        steps = int(steps)
+        cfg = TrainConfig(
+            base=base or self.default_base, steps=steps, rank=int(rank), alpha=float(alpha), lr=float(lr),
+            resolution=int(resolution), train_text_encoder=bool(train_te), caption=caption or "",
+            trigger_word=(trigger or "").strip(), batch_size=1, lr_scheduler="cosine",
+            sample_every=max(1, steps // 4), validation_steps=12,
+            validation_prompts=[p for p in [(trigger or caption or "").strip()] if p],
+        )
+        uploads = [str(getattr(f, "name", f)) for f in (files or [])]
+        if not (name or "").strip():
+            raise UserError("give the new LoRA a name")
+        self.job.start(name, cfg, uploads, folder or "")
+        return self.train_status()[0]
+
+    def train_status(self) -> tuple[str, list[str]]:
+        s = self.job.snapshot()
+        if s.status == "idle":
+            return "No training run yet.", []
+        parts = [f"**{_md(s.name)}** — {s.status}", f"step {s.step} / {s.steps}"]
+        if s.loss is not None:
+            parts.append(f"loss {s.loss:.4f}")
+        if s.eta_s is not None and s.status in ("running", "stopping"):
+            parts.append(f"ETA {int(s.eta_s) // 60}:{int(s.eta_s) % 60:02d}")
+        text = " · ".join(parts)
+        if s.message:
+            text += "\n\n" + _md(s.message)
+        return text, s.samples
+
+    # ---- library ----------------------------------------------------------------------------
+    def describe(self, name: str) -> str:
+        if not name:
+            return ""
+        entry = self.library.entry(name)
+        if entry.info is None:
+            return f"{entry.name}: cannot be read — {entry.error}"
+        info = entry.info
+        meta = info["metadata"]
+        lines = [
+            f"name:     {entry.name}",
+            f"size:     {entry.size_bytes / 1e6:.2f} MB",
+            f"format:   {info['format']}",
+            f"base:     {info['base']}",
+            f"rank:     {info['rank']}",
+            f"alpha:    {info['alpha']}",
+            f"modules:  {info['modules']} ({', '.join(f'{k} {v}' for k, v in sorted(info['components'].items()))})",
+        ]
+        trigger = meta.get("lora_diffusion.trigger_words")
+        if trigger:
+            lines.append(f"trigger:  {trigger}")
+        settings = meta.get("lora_diffusion.training")
+        if settings:
+            try:
+                parsed = json.loads(settings)
+                keep = ("steps", "lr", "batch_size", "resolution", "rank", "alpha", "train_text_encoder", "caption", "seed")
+                lines.append("training: " + ", ".join(f"{k}={parsed[k]}" for k in keep if k in parsed))
+            except (json.JSONDecodeError, TypeError):
+                lines.append(f"training: {settings}")
+        lines.append("metadata:")
+        lines += [f"  {k}: {v}" for k, v in sorted(meta.items())]
+        # each line made printable on its own: metadata comes from strangers and is shown as text only
+        return "\n".join(_plain(line, 400) for line in lines)
+
+
+def _plain(text: str, limit: int = 2000) -> str:
+    """One line of untrusted text, printable (control characters escaped) and cut to ``limit``."""
+    from ..cli.text import safe_text
+
+    return safe_text(text, limit=limit)
+
+
+def _md(text: str) -> str:
+    """Untrusted text for a Markdown component: printable, HTML and Markdown syntax escaped."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_\[\]{}()#+!|~>-])", r"\\\1", html.escape(_plain(text), quote=False))
+
+
+def _user_errors(function):
+    """Run a callback; any failure reaches the page as one clear line, never a stack trace."""
+    import functools
+
+    import gradio as gr
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # noqa: BLE001
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise gr.Error(f"unexpected {type(error).__name__}: {first}", print_exception=True) from None
+
+    return wrapper
+
+
+def build_app(state: UiState):
+    """The Gradio Blocks of the whole page."""
+    import gradio as gr
+
+    lora_names = state.library.names()
+    with gr.Blocks(title="lora-diffusion", analytics_enabled=False) as demo:
+        gr.Markdown("# lora-diffusion\nTrain LoRA adapters and blend them by weight.", elem_id="ld-title")
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    base = gr.Dropdown(state.base_choices(), value=state.default_base, label="Base model",
+                                       allow_custom_value=True, info="builtin, a model from the models folder, or a path")
+                    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background, sepia photo",
+                                        elem_id="prompt")
+                    negative = gr.Textbox(label="Negative prompt", lines=1)
+                    gr.Markdown("**LoRAs** — tick to use; weights add up (W = W₀ + Σ wᵢ·ΔWᵢ), −1 … 2.",
+                                elem_classes="ld-help")
+                    slots = []
+                    for i in range(LORA_SLOTS):
+                        with gr.Row(equal_height=True):
+                            on = gr.Checkbox(label="on", value=False, scale=0, min_width=60, elem_id=f"lora-on-{i}")
+                            name = gr.Dropdown(lora_names, value=None, label=f"LoRA {i + 1}", scale=3,
+                                               elem_id=f"lora-name-{i}")
+                            weight = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="weight", scale=3,
+                                               elem_id=f"lora-weight-{i}")
+                        slots += [on, name, weight]
+                    with gr.Row():
+                        seed = gr.Number(value=-1, precision=0, label="Seed (−1: random)", elem_id="seed")
+                        dice = gr.Button("Random seed", size="sm")
+                        steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
+                        guidance = gr.Slider(1.0, 15.0, value=5.0, step=0.5, label="Guidance (CFG)")
+                    with gr.Row():
+                        width = gr.Slider(64, 1536, value=64 if state.default_base == "builtin" else 512, step=8, label="Width")
+                        height = gr.Slider(64, 1536, value=64 if state.default_base == "builtin" else 512, step=8, label="Height")
+                        scheduler = gr.Dropdown(sampler_names(), value="DPM++ 2M", label="Sampler")
+                        count = gr.Slider(1, 8, value=2, step=1, label="Images")
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="Images", columns=2, height=520, elem_id="gallery", format="png")
+                    params = gr.Textbox(label="Parameters (also stored in each PNG)", lines=5, interactive=False,
+                                        elem_id="params")
+            dice.click(lambda: random.randrange(2**31), outputs=seed, concurrency_limit=None)
+            generate.click(_user_errors(lambda *a: state.generate(*a[:10], list(a[10:]))),
+                           inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler, count, *slots],
+                           outputs=[gallery, params], concurrency_id="engine", concurrency_limit=1,
+                           api_name="generate")
+
+        with gr.Tab("Train", id="train"):
+            gr.Markdown("Upload images (or a .zip), or give a folder. Captions come from same-name .txt files; "
+                        "images without one use the caption below. The trigger word goes in front of every caption.",
+                        elem_classes="ld-help")
+            with gr.Row():
+                with gr.Column():
+                    new_name = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train-name")
+                    files = gr.File(label="Images, captions or a .zip", file_count="multiple",
+                                    file_types=["image", ".txt", ".zip"], elem_id="train-files")
+                    folder = gr.Textbox(label="…or an image folder on the server", elem_id="train-folder")
+                    caption = gr.Textbox(label="Caption for images without a .txt", elem_id="train-caption")
+                    trigger = gr.Textbox(label="Trigger word", placeholder="sks style")
+                with gr.Column():
+                    with gr.Row():
+                        rank = gr.Slider(1, 128, value=8, step=1, label="Rank")
+                        alpha = gr.Slider(1, 128, value=8, step=1, label="Alpha")
+                    with gr.Row():
+                        train_steps = gr.Number(value=400, precision=0, label="Steps", elem_id="train-steps")
+                        lr = gr.Number(value=1e-3, label="Learning rate")
+                        resolution = gr.Number(value=0, precision=0, label="Resolution (0: the base's own)")
+                    train_te = gr.Checkbox(label="Also train the text encoder", value=False)
+                    with gr.Row():
+                        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+                    status = gr.Markdown("No training run yet.", elem_id="train-status")
+                    samples = gr.Gallery(label="Validation images", columns=4, height=240)
+            start.click(_user_errors(state.start_training),
+                        inputs=[new_name, files, folder, caption, trigger, rank, alpha, train_steps, lr, resolution,
+                                train_te, base], outputs=status, concurrency_limit=None)
+            stop.click(lambda: state.job.stop() or state.train_status()[0], outputs=status, concurrency_limit=None)
+            timer = gr.Timer(1.0)
+            timer.tick(state.train_status, outputs=[status, samples], concurrency_limit=None, show_progress="hidden")
+
+        with gr.Tab("Library", id="library"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    chosen = gr.Dropdown(lora_names, value=None, label="LoRA", elem_id="library-choice")
+                    refresh = gr.Button("Refresh list", elem_id="library-refresh")
+                    upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], elem_id="library-upload")
+                    rename_to = gr.Textbox(label="New name")
+                    with gr.Row():
+                        rename = gr.Button("Rename")
+                        delete = gr.Button("Delete", variant="stop")
+                    library_msg = gr.Markdown("", elem_id="library-message")
+                with gr.Column(scale=2):
+                    info = gr.Textbox(label="What the file holds", lines=22, interactive=False, elem_id="library-info")
+
+        def lists(selected=None):
+            names = state.library.names()
+            value = selected if selected in names else None
+            return [gr.update(choices=names, value=value)] + [gr.update(choices=names) for _ in range(LORA_SLOTS)]
+
+        name_dropdowns = [slots[3 * i + 1] for i in range(LORA_SLOTS)]
+        chosen.change(_user_errors(state.describe), inputs=chosen, outputs=info, concurrency_limit=None)
+        refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns], concurrency_limit=None)
+
+        def on_upload(file):
+            if file is None:
+                return ["", *lists()]
+            added = state.library.add(getattr(file, "name", file))
+            return [f"added **{_md(added)}**", *lists(added)]
+
+        def on_rename(old, new):
+            if not old:
+                raise UserError("choose a LoRA to rename")
+            renamed = state.library.rename(old, new)
+            return [f"renamed to **{_md(renamed)}**", *lists(renamed)]
+
+        def on_delete(name):
+            if not name:
+                raise UserError("choose a LoRA to delete")
+            state.library.delete(name)
+            return [f"deleted {_md(name)}", *lists()]
+
+        library_outputs = [library_msg, chosen, *name_dropdowns]
+        upload.upload(_user_errors(on_upload), inputs=upload, outputs=library_outputs, concurrency_limit=None)
+        rename.click(_user_errors(on_rename), inputs=[chosen, rename_to], outputs=library_outputs, concurrency_limit=None)
+        delete.click(_user_errors(on_delete), inputs=chosen, outputs=library_outputs, concurrency_limit=None)
+        # a finished training run shows up in every list without a manual refresh
+        demo.load(lambda: lists(), outputs=[chosen, *name_dropdowns])
+        finished = gr.State("")
+
+        def refresh_when_done(last):
+            s = state.job.snapshot()
+            key = f"{s.name}:{s.status}" if s.status in ("done", "stopped") else last
+            if key != last:
+                return [key, *lists()]
+            return [last] + [gr.update() for _ in range(LORA_SLOTS + 1)]
+
+        timer.tick(refresh_when_done, inputs=finished, outputs=[finished, chosen, *name_dropdowns],
+                   concurrency_limit=None, show_progress="hidden")
+    return demo
+
+
+def launch(lora_dir: str, base: str = "builtin", host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
+           models_dir: str | None = None, out_dir: str | None = None, share: bool = False,
+           block: bool = True):
+    """Build and start the page; returns (demo, url)."""
+    state = UiState(lora_dir, base, models_dir, out_dir)
+    demo = build_app(state)
+    credentials = None
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth must be USER:PASSWORD")
+        credentials = (user, password)
+    demo.queue(default_concurrency_limit=1)
+    allowed = [str(state.out_dir), str(state.job.work_dir)]
+    state.job.work_dir.mkdir(parents=True, exist_ok=True)
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, auth=credentials, share=share, prevent_thread_lock=True,
+        allowed_paths=allowed, max_file_size=f"{MAX_UPLOAD_MB}mb", quiet=True, show_error=False,
+        footer_links=["api", "settings"], css=CSS, theme="soft", ssr_mode=False,
+    )
+    print(f"lora-diffusion UI running at {url}", flush=True)
+    if block:
+        demo.block_thread()
+    return demo, url

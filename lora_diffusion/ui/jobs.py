@@ -1,0 +1,178 @@
+"""Training from the web UI: uploads into a data folder, one background run at a time, live progress.
+
+The page polls ``TrainingJob.snapshot()``; the trainer reports through ``on_step`` and stops
+between steps when ``stop()`` is called (it then writes what it has, like the CLI does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.images import IMAGE_EXTENSIONS
+from ..errors import UserError
+from ..training.config import TrainConfig
+from .library import LoraLibrary
+
+MAX_UPLOAD_FILES = 2000
+MAX_UNZIPPED_BYTES = 2 * 1024**3  # a zip may not expand beyond this (zip-bomb guard)
+CAPTION_SUFFIXES = {".txt", ".caption"}
+
+
+def prepare_data(uploads: list[str], folder: str, target: Path) -> Path:
+    """The folder to train on: ``folder`` as given, or ``target`` filled from uploaded files and zips."""
+    if folder.strip():
+        data = Path(folder.strip()).expanduser()
+        if not data.is_dir():
+            raise UserError(f"image folder {folder!r} does not exist; give an existing folder or upload images")
+        return data
+    if not uploads:
+        raise UserError("no training images: upload images (or a .zip of them) or give a folder")
+    if len(uploads) > MAX_UPLOAD_FILES:
+        raise UserError(f"{len(uploads)} files uploaded; at most {MAX_UPLOAD_FILES} per run")
+    target.mkdir(parents=True, exist_ok=True)
+    for upload in uploads:
+        source = Path(upload)
+        suffix = source.suffix.lower()
+        if suffix == ".zip":
+            _unzip(source, target)
+        elif suffix in IMAGE_EXTENSIONS or suffix in CAPTION_SUFFIXES:
+            shutil.copyfile(source, target / _safe_member_name(source.name))
+        else:
+            raise UserError(f"{source.name}: not an image, caption (.txt) or .zip file")
+    return target
+
+
+def _safe_member_name(name: str) -> str:
+    """A flat file name: folders inside zips are dropped so nothing can be written outside ``target``."""
+    base = Path(name.replace("\\", "/")).name
+    if not base or base.startswith("."):
+        raise UserError(f"file name {name!r} is not usable; rename it")
+    return base
+
+
+def _unzip(source: Path, target: Path) -> None:
+    try:
+        with zipfile.ZipFile(source) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
+                raise UserError(f"{source.name}: unpacks to more than {MAX_UNZIPPED_BYTES // 1024**3} GB; upload fewer images")
+            for member in members:
+                name = Path(member.filename.replace("\\", "/")).name
+                suffix = Path(name).suffix.lower()
+                if name.startswith(".") or (suffix not in IMAGE_EXTENSIONS and suffix not in CAPTION_SUFFIXES):
+                    continue  # __MACOSX files, thumbs, notes: not training data
+                with archive.open(member) as src, open(target / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile:
+        raise UserError(f"{source.name}: not a valid zip file") from None
+
+
+@dataclass
+class JobState:
+    """What the Train tab shows; a copy is handed out so the page never sees a half-updated one."""
+
+    status: str = "idle"  # idle, running, stopping, done, stopped, failed
+    name: str = ""
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    started: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    samples: list[str] = field(default_factory=list)
+
+
+class TrainingJob:
+    """At most one training run at a time, in a background thread."""
+
+    def __init__(self, library: LoraLibrary, work_dir: str | os.PathLike | None = None):
+        self.library = library
+        self.work_dir = Path(work_dir) if work_dir else library.folder / ".training"
+        self._state = JobState()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            state = JobState(**vars(self._state))
+            state.samples = list(self._state.samples)
+        logs = self.work_dir / state.name / f"{state.name}-logs" / "samples"
+        if state.name and logs.is_dir():
+            state.samples = [str(p) for p in sorted(logs.glob("*.png"))]
+        return state
+
+    def start(self, name: str, cfg: TrainConfig, uploads: list[str], folder: str) -> None:
+        """Validate everything, then train in the background; errors before the start raise UserError."""
+        if self.busy:
+            raise UserError("a training run is already going; wait for it or press Stop")
+        final = self.library.path(name, must_exist=False)
+        if final.exists():
+            raise UserError(f"a LoRA named {final.stem!r} already exists; choose another name")
+        job_dir = self.work_dir / final.stem
+        if job_dir.exists():
+            shutil.rmtree(job_dir)
+        cfg.data = str(prepare_data(uploads, folder, job_dir / "data"))
+        cfg.output = str(job_dir / final.name)
+        cfg.validate()
+        self._stop.clear()
+        with self._lock:
+            self._state = JobState(status="running", name=final.stem, steps=cfg.steps, started=time.time(),
+                                   message="loading the base model")
+        self._thread = threading.Thread(target=self._run, args=(cfg, final), name="lora-training", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self.busy:
+            self._stop.set()
+            with self._lock:
+                self._state.status = "stopping"
+                self._state.message = "stopping after this step; the LoRA so far will be saved"
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _on_step(self, record: dict) -> None:
+        with self._lock:
+            self._state.step = record["step"]
+            self._state.loss = record["loss"]
+            per_step = record["elapsed"] / max(record["step"], 1)
+            self._state.eta_s = per_step * (record["steps"] - record["step"])
+            if self._state.status == "running":
+                self._state.message = "training"
+
+    def _run(self, cfg: TrainConfig, final: Path) -> None:
+        from ..training.trainer import train
+
+        try:
+            result = train(cfg, progress=False, on_step=self._on_step, should_stop=self._stop.is_set)
+            os.replace(result.output, final)
+            stopped = self._stop.is_set()
+            with self._lock:
+                self._state.status = "stopped" if stopped else "done"
+                self._state.eta_s = 0.0
+                self._state.message = (
+                    f"{'stopped early; ' if stopped else ''}saved {final.name} to the library after {result.steps} steps"
+                )
+        except UserError as error:
+            self._fail(str(error))
+        except Exception as error:  # noqa: BLE001 - the page shows a message, the log keeps the trace
+            traceback.print_exc()
+            self._fail(f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self._state.status = "failed"
+            self._state.message = message

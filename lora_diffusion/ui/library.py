@@ -1,0 +1,102 @@
+"""The LoRA library: ``.safetensors`` files in one folder, addressed by bare names only.
+
+Every name that reaches the file system goes through ``LoraLibrary.path``: no separators, no
+parent references, no hidden files, only ``.safetensors``; so a request like ``../../x`` is refused
+before any file is touched. Writes go through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..adapters.file import read_adapter
+from ..errors import UserError
+
+MAX_LORA_BYTES = 2 * 1024**3  # the largest LoRA the library accepts (SDXL rank-128 is ~1 GB)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-.()+]{0,119}$")
+
+
+@dataclass
+class LoraEntry:
+    """One file of the library and what it holds (as text, never HTML)."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    info: dict | None  # inspect's facts, or None when the file cannot be read
+    error: str | None = None
+
+
+class LoraLibrary:
+    """The files of one LoRA folder; the folder is created if missing."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder).expanduser().resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def check_name(self, name: str) -> str:
+        """``name`` with ``.safetensors`` added, or a UserError if it could leave the folder."""
+        name = (name or "").strip()
+        if name.lower().endswith(".safetensors"):
+            name = name[: -len(".safetensors")]
+        if not _NAME.match(name) or ".." in name:
+            raise UserError(
+                f"LoRA name {name!r} is not allowed; use letters, digits, spaces and _ - . ( ) + "
+                "(no folders, at most 120 characters)"
+            )
+        return name + ".safetensors"
+
+    def path(self, name: str, must_exist: bool = True) -> Path:
+        """The file for a library name, guaranteed inside the folder."""
+        path = (self.folder / self.check_name(name)).resolve()
+        if path.parent != self.folder:
+            raise UserError(f"LoRA name {name!r} points outside the LoRA folder; use a plain file name")
+        if must_exist and not path.is_file():
+            raise UserError(f"no LoRA named {name!r} in {self.folder}; refresh the list")
+        return path
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.safetensors") if p.is_file() and _NAME.match(p.stem))
+
+    def entry(self, name: str) -> LoraEntry:
+        from ..adapters.summary import describe
+
+        path = self.path(name)
+        try:
+            info = describe(read_adapter(path), path)
+            return LoraEntry(path.stem, path, path.stat().st_size, info)
+        except UserError as error:
+            return LoraEntry(path.stem, path, path.stat().st_size, None, str(error))
+
+    def add(self, source: str | os.PathLike, name: str | None = None) -> str:
+        """Copy an uploaded file in (validated as a LoRA first); returns its library name."""
+        source = Path(source)
+        if source.suffix.lower() != ".safetensors":
+            raise UserError(f"{source.name}: only .safetensors LoRA files are accepted")
+        if source.stat().st_size > MAX_LORA_BYTES:
+            raise UserError(f"{source.name}: larger than {MAX_LORA_BYTES // 1024**3} GB; that is not a LoRA")
+        read_adapter(source)  # refuses anything that is not a readable LoRA, before it is kept
+        target = self.path(name or source.stem, must_exist=False)
+        if target.exists():
+            raise UserError(f"a LoRA named {target.stem!r} already exists; rename or delete it first")
+        tmp = target.with_name(f".{target.name}.upload-{os.getpid()}")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target.stem
+
+    def rename(self, old: str, new: str) -> str:
+        source, target = self.path(old), self.path(new, must_exist=False)
+        if target.exists():
+            raise UserError(f"a LoRA named {target.stem!r} already exists; choose another name")
+        os.replace(source, target)
+        return target.stem
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink()

@@ -1,0 +1,108 @@
+"""The web UI's server side: library safety, plain-text metadata, and concurrent clients."""
+
+import threading
+
+import pytest
+
+from lora_diffusion import UserError
+from lora_diffusion.ui.library import LoraLibrary
+from ui_helpers import builtin_loras, start_app
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    return builtin_loras(tmp_path_factory.mktemp("ui") / "loras")
+
+
+def test_library_names_cannot_leave_the_folder(tmp_path, lora_dir):
+    library = LoraLibrary(lora_dir)
+    assert library.names() == ["bold", "sepia-ish"]
+    for bad in ("../../x", "..", "a/b", "a\\b", "/etc/passwd", ".hidden", "", "x" * 200, "a\x00b"):
+        with pytest.raises(UserError, match="not allowed|outside the LoRA folder"):
+            library.path(bad)
+    assert library.path("bold") == lora_dir.resolve() / "bold.safetensors"
+    with pytest.raises(UserError, match="no LoRA named 'missing'"):
+        library.path("missing")
+
+
+def test_library_upload_rename_delete(tmp_path, lora_dir):
+    library = LoraLibrary(tmp_path / "lib")
+    with pytest.raises(UserError, match="only .safetensors LoRA files are accepted"):
+        (tmp_path / "evil.ckpt").write_bytes(b"\x80\x04pickle")
+        library.add(tmp_path / "evil.ckpt")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 100)
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        library.add(tmp_path / "junk.safetensors")
+    assert library.names() == []  # nothing refused was kept
+    assert library.add(lora_dir / "bold.safetensors") == "bold"
+    with pytest.raises(UserError, match="already exists"):
+        library.add(lora_dir / "bold.safetensors")
+    assert library.rename("bold", "strong (v2)") == "strong (v2)"
+    with pytest.raises(UserError, match="not allowed"):
+        library.rename("strong (v2)", "../outside")
+    assert library.names() == ["strong (v2)"]
+    library.delete("strong (v2)")
+    assert library.names() == [] and not list((tmp_path / "lib").iterdir())
+
+
+def test_metadata_is_shown_as_plain_text(tmp_path, lora_dir):
+    from lora_diffusion.ui.app import UiState, _md
+
+    state = UiState(str(lora_dir), out_dir=str(tmp_path / "out"), device="cpu")
+    text = state.describe("bold")
+    assert "rank:     4" in text and "base:     builtin" in text
+    assert 'trigger:  ["<b>not html</b>"]' in text  # shown verbatim in a Textbox, never rendered
+    assert _md("<img src=x onerror=alert(1)>*x*\n") == "&lt;img src=x onerror=alert\\(1\\)&gt;\\*x\\*\\\\n"
+
+
+def test_two_concurrent_generate_calls_both_succeed_and_bad_names_are_refused(tmp_path, lora_dir):
+    from gradio_client import Client
+
+    demo, url = start_app(lora_dir, tmp_path / "out")
+    try:
+        results, errors = {}, []
+
+        def call(key, seed):
+            try:
+                client = Client(url, verbose=False)
+                results[key] = client.predict(
+                    "builtin", f"a red circle, {key}", "", seed, 4, 5.0, 64, 64, "Euler a", 1,
+                    True, "sepia-ish", 0.8, True, "bold", -0.5, False, None, 1.0, False, None, 1.0,
+                    api_name="/generate",
+                )
+            except Exception as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=call, args=(k, s)) for k, s in (("one", 1), ("two", 2))]
+        [t.start() for t in threads]
+        [t.join(300) for t in threads]
+        assert errors == [] and sorted(results) == ["one", "two"]
+        for key, seed in (("one", 1), ("two", 2)):
+            gallery, params = results[key]
+            assert len(gallery) == 1 and f"Seed: {seed}" in params and "<lora:sepia-ish:0.8>" in params
+        assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="not in the list of choices|not allowed"):
+            client.predict("builtin", "x", "", 1, 2, 5.0, 64, 64, "Euler a", 1,
+                           True, "../../x", 1.0, False, None, 1.0, False, None, 1.0, False, None, 1.0,
+                           api_name="/generate")
+    finally:
+        demo.close()
+
+
+def test_moving_a_slider_and_generating_again_reloads_nothing(tmp_path, lora_dir, monkeypatch):
+    import lora_diffusion.generation.engine as engine_module
+    from lora_diffusion.ui.app import UiState
+
+    reads, loads = [], []
+    real_read, real_load = engine_module.read_adapter, engine_module.load_pipeline
+    monkeypatch.setattr(engine_module, "read_adapter", lambda p: reads.append(p) or real_read(p))
+    monkeypatch.setattr(engine_module, "load_pipeline", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    state = UiState(str(lora_dir), out_dir=str(tmp_path / "out"), device="cpu")
+    slots = [True, "sepia-ish", 0.8, True, "bold", 0.2] + [False, None, 1.0] * 2
+    for weight in (0.8, -0.4, 1.5):
+        slots[2] = weight
+        gallery, params = state.generate("builtin", "a blue square", "", 3, 2, 5.0, 64, 64, "Euler", 1, slots)
+        assert f"<lora:sepia-ish:{weight:g}>" in params and len(gallery) == 1
+    assert len(loads) == 1 and len(reads) == 2
