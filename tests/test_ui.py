@@ -1,6 +1,7 @@
 """The web UI's server side: library safety, plain-text metadata, and concurrent clients."""
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,45 @@ def test_moving_a_slider_and_generating_again_reloads_nothing(tmp_path, lora_dir
         gallery, params = state.generate("builtin", "a blue square", "", 3, 2, 5.0, 64, 64, "Euler", 1, slots)
         assert f"<lora:sepia-ish:{weight:g}>" in params and len(gallery) == 1
     assert len(loads) == 1 and len(reads) == 2
+
+
+def test_uploaded_zip_is_flattened_and_cannot_write_outside(tmp_path):
+    import zipfile
+
+    from lora_diffusion.ui.jobs import prepare_data
+
+    png = (Path(__file__).parent.parent / "examples" / "styles" / "sepia" / "000.png").read_bytes()
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../../escape.png", png)
+        z.writestr("nested/dir/a.png", png)
+        z.writestr("nested/dir/a.txt", "a caption")
+        z.writestr("__MACOSX/._a.png", b"junk")
+        z.writestr("notes.docx", b"not data")
+    target = prepare_data([str(archive)], "", tmp_path / "job" / "data")
+    assert sorted(p.name for p in target.iterdir()) == ["a.png", "a.txt", "escape.png"]
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "job" / "escape.png").exists()
+    (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(UserError, match="bad.zip: not a valid zip file"):
+        prepare_data([str(tmp_path / "bad.zip")], "", tmp_path / "job2")
+    with pytest.raises(UserError, match="no training images"):
+        prepare_data([], "", tmp_path / "job3")
+    with pytest.raises(UserError, match="image folder '/nope' does not exist"):
+        prepare_data([], "/nope", tmp_path / "job4")
+
+
+def test_auth_is_required_when_set(tmp_path, lora_dir):
+    from gradio_client import Client
+
+    from lora_diffusion.ui.app import launch
+    from ui_helpers import free_port
+
+    demo, url = launch(str(lora_dir), port=free_port(), out_dir=str(tmp_path / "out"), auth="ann:s3cret", block=False)
+    try:
+        with pytest.raises(Exception):
+            Client(url, verbose=False)
+        assert Client(url, auth=("ann", "s3cret"), verbose=False).view_api(return_format="dict")["named_endpoints"]
+    finally:
+        demo.close()
+    with pytest.raises(UserError, match="--auth must be USER:PASSWORD"):
+        launch(str(lora_dir), port=free_port(), auth="nocolon", block=False)
