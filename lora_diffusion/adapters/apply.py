@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..lora.config import LoraConfig
 from ..lora.inject import base_modules, lora_layers
 from ..lora.layers import LoraLayer, wrap_module
+from ..models.original_layout import unet_module_to_original
 from ..models.architecture import ARCH_LABELS, KOHYA_BASE_VERSION, detect_unet_architecture, fingerprint
 from .file import META_PREFIX, AdapterFile, ModuleLora, read_adapter, write_adapter
 from .naming import PREFIXES, component_of, kohya_name
@@ -190,6 +191,10 @@ def apply_adapter(
     for component, model in components.items():
         for path, module in base_modules(model):
             lookup[kohya_name(component, path)] = (model, path, module)
+            if component == "unet" and hasattr(model, "config"):
+                # kohya's SDXL files name UNet modules the original way (input_blocks_4_1_…)
+                original = unet_module_to_original(path, model.config)
+                lookup.setdefault(kohya_name(component, original), (model, path, module))
     plan: list[tuple[nn.Module, str, str, ModuleLora, torch.Tensor | None, torch.Tensor | None]] = []
     for file_key in sorted(adapter.modules):
         entry = adapter.modules[file_key]

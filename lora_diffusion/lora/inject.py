@@ -170,6 +170,15 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             _replace(model, path, layer.base_layer)
 
 
+def bake_lora(model: nn.Module) -> None:
+    """Merge every adapter at its current weight for good: the LoRA layers go, the plain modules
+    stay with the blended weights (what ``bake`` saves). The pristine copies are dropped."""
+    for path, layer in lora_layers(model).items():
+        layer.merge(fresh=True)
+        layer._pristine = None
+        _replace(model, path, layer.base_layer)
+
+
 def remove_lora(model: nn.Module) -> None:
     """Take every LoRA layer out, putting back the original modules with their exact weights."""
     for path, layer in lora_layers(model).items():

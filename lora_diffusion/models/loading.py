@@ -31,8 +31,13 @@ def describe_base(base: str) -> str:
     return "hub"
 
 
-def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """A StableDiffusionPipeline (or SDXL pipeline) for BASE, offline unless BASE is a hub id."""
+def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, device: str | None = None,
+                  allow_pickle: bool = False):
+    """A StableDiffusionPipeline (or SDXL pipeline) for BASE, offline unless BASE is a hub id.
+
+    Pickle checkpoints (.ckpt/.pt/.bin) are refused unless ``allow_pickle``; then they are read
+    with ``torch.load(weights_only=True)``, which runs no code from the file.
+    """
     from diffusers import DiffusionPipeline
 
     import warnings
@@ -41,10 +46,10 @@ def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, 
     warnings.filterwarnings("ignore", message=".*torch_dtype.*")
     _quiet_loading()
     kind = describe_base(base)
-    if kind == "pickle":
+    if kind == "pickle" and not allow_pickle:
         raise UserError(
             f"base {base} is a pickle checkpoint, which can run code when loaded; "
-            "convert it to .safetensors or pass --allow-pickle where supported"
+            "convert it to .safetensors, or pass --allow-pickle to read it with torch.load(weights_only=True)"
         )
     try:
         if kind == "builtin":
@@ -53,10 +58,10 @@ def load_pipeline(base: str = "builtin", *, dtype: torch.dtype = torch.float32, 
             if not (Path(base) / "model_index.json").is_file():
                 raise UserError(f"base folder {base} has no model_index.json; point --base at a diffusers pipeline folder")
             pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, local_files_only=True)
-        elif kind == "single-file":
-            from diffusers import StableDiffusionPipeline
+        elif kind in ("single-file", "pickle"):
+            from .single_file import load_single_file
 
-            pipe = StableDiffusionPipeline.from_single_file(base, torch_dtype=dtype, local_files_only=True)
+            pipe = load_single_file(base, dtype=dtype, allow_pickle=allow_pickle)
         else:
             pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype)
     except UserError:
