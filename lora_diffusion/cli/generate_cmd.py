@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-images", type=int, default=1)
     parser.add_argument("--scheduler", default="DPM++ 2M", help=f"one of: {', '.join(sampler_names())}")
     parser.add_argument("--out", default="outputs", help="folder for the PNGs")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))")
     parser.set_defaults(run=run)
     return parser
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generation.params import save_png
 
     choices = [LoraChoice.parse(spec) for spec in args.lora]
-    engine = GenerationEngine()
+    engine = GenerationEngine(allow_pickle=args.allow_pickle)
     results = engine.generate(
         args.prompt, base=args.base, loras=choices, negative_prompt=args.negative_prompt, seed=args.seed,
         steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,

@@ -68,15 +68,16 @@ def short_hash(path: str) -> str:
 class GenerationEngine:
     """Cached pipelines per base and cached adapters per file; thread use is the caller's to serialise."""
 
-    def __init__(self, device: str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, device: str | None = None, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
+        self.allow_pickle = allow_pickle
         self._pipes: dict[str, object] = {}
         self._adapters: dict[str, dict[str, str]] = {}  # base -> file key -> adapter name
 
     def pipeline(self, base: str = "builtin"):
         if base not in self._pipes:
-            self._pipes[base] = load_pipeline(base, dtype=self.dtype, device=self.device)
+            self._pipes[base] = load_pipeline(base, dtype=self.dtype, device=self.device, allow_pickle=self.allow_pickle)
             self._adapters[base] = {}
         return self._pipes[base]
 

@@ -31,6 +31,7 @@ class TrainConfig:
     data: str = field(default="", metadata={"help": "image folder (.txt captions, N_name repeat folders, metadata.jsonl/csv) or a hub dataset id"})
     output: str = field(default="", metadata={"help": "adapter file to write (.safetensors)"})
     base: str = field(default="builtin", metadata={"help": "builtin, a diffusers folder, a .safetensors checkpoint, or a hub id"})
+    allow_pickle: bool = field(default=False, metadata={"help": "allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))"})
     steps: int = field(default=500, metadata={"help": "optimizer steps"})
     rank: int = field(default=4, metadata={"help": "LoRA rank r"})
     alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (scale alpha/rank)"})

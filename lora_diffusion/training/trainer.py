@@ -150,7 +150,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
 
     # 1. the base model, frozen
-    pipe = load_pipeline(cfg.base, dtype=weight_dtype)
+    pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
     if not hasattr(pipe, "unet") or getattr(pipe, "text_encoder_2", None) is not None:
         raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
