@@ -1,6 +1,7 @@
 """`lora-diffusion train` on a tiny SD1-architecture base: learning, caching, resume, errors."""
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from lora_diffusion import UserError
 from lora_diffusion.cli.main import main
 from lora_diffusion.training.config import TrainConfig
 from lora_diffusion.training.trainer import train
@@ -140,3 +142,19 @@ def test_folder_with_no_usable_images_exits_non_zero(tiny_base, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "no usable images" in err
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(tiny_base, tmp_path):
+    """Encoding everything up front (then moving VAE/text encoder away) changes nothing in the losses."""
+    from lora_diffusion.training.config import TrainConfig
+    from lora_diffusion.training.trainer import train
+
+    data = str(Path(__file__).parent.parent / "examples" / "styles" / "sepia")
+    common = dict(base=tiny_base, data=data, resolution=32, steps=5, batch_size=2, seed=3, sample_every=5,
+                  validation_steps=2)
+    plain = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common), progress=False)
+    offloaded = train(TrainConfig(output=str(tmp_path / "b.safetensors"), offload_encoders=True, **common), progress=False)
+    assert plain.losses == pytest.approx(offloaded.losses, rel=1e-5)
+    assert (tmp_path / "b-logs" / "samples" / "final.png").is_file()
+    with pytest.raises(UserError, match="offload_encoders needs cached latents and captions"):
+        train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders=True, flip=True, **common), progress=False)

@@ -57,6 +57,8 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    offload_encoders: bool = field(default=False, metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU (low memory)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})

@@ -15,15 +15,16 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
                    *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
-    Randomness comes only from ``generator`` (on the CPU), so a step's loss is a pure
-    function of its inputs and the generator's seed: resumed runs match exactly.
+    Randomness comes only from ``generator`` (on the CPU, or on the GPU when training there),
+    so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
     b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    where = generator.device
+    noise = torch.randn(latents.shape, generator=generator, device=where).to(latents.device, latents.dtype)
     if noise_offset:
-        offset = torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents.device, latents.dtype)
+        offset = torch.randn((b, latents.shape[1], 1, 1), generator=generator, device=where).to(latents.device, latents.dtype)
         noise = noise + noise_offset * offset
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=where).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
