@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -21,10 +22,13 @@ from pathlib import Path
 import torch
 
 VARIANTS = {
+    "eager-no-offload": {"offload_encoders": "off"},
     "eager": {},
     "compile": {"compile": True},
-    "lowmem": {"gradient_checkpointing": True, "offload_encoders": True},
-    "lowmem-compile": {"gradient_checkpointing": True, "offload_encoders": True, "compile": True},
+    "compile-graphs": {"compile": True, "compile_mode": "reduce-overhead"},
+    "lowmem": {"gradient_checkpointing": True, "offload_encoders": "on"},
+    "lowmem-graphs": {"gradient_checkpointing": True, "offload_encoders": "on", "compile": True,
+                      "compile_mode": "reduce-overhead"},
 }
 MEASURE = {1: 60, 8: 30, 32: 15}
 
@@ -43,7 +47,8 @@ def run(base: Path, data: Path, out: Path, images: int, batch: int, variant: str
     started = time.perf_counter()
     train(cfg, progress=False, on_step=lambda record: (torch.cuda.synchronize(), times.append(time.perf_counter())))
     gaps = [b - a for a, b in zip(times[warm:], times[warm + 1:])]
-    return {"variant": variant, "batch": batch, "img_s": batch / statistics.median(gaps),
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under `accelerate launch` every process takes a batch
+    return {"variant": variant, "batch": batch, "world": world, "img_s": batch * world / statistics.median(gaps),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": times[0] - started,
             "total_s": time.perf_counter() - started}
 
@@ -60,14 +65,17 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     started = time.time()
     base, data = prepare(args.work, args.images)
-    print(f"setup {time.time() - started:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    print("| variant | batch | img/s (steady) | peak GPU memory (GiB) | first step (s) | run (s) |")
-    print("|---|---|---|---|---|---|", flush=True)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(f"setup {time.time() - started:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        print("| variant | GPUs | batch per GPU | img/s (steady) | peak GPU memory (GiB) | first step (s) | run (s) |")
+        print("|---|---|---|---|---|---|---|", flush=True)
     for variant in args.variants:
         for batch in args.batches:
             r = run(base, data, args.work / "runs", args.images, batch, variant)
-            print(f"| {r['variant']} | {r['batch']} | {r['img_s']:.1f} | {r['peak_gib']:.2f} | "
-                  f"{r['first_step_s']:.0f} | {r['total_s']:.0f} |", flush=True)
+            if main_process:
+                print(f"| {r['variant']} | {r['world']} | {r['batch']} | {r['img_s']:.1f} | {r['peak_gib']:.2f} | "
+                      f"{r['first_step_s']:.0f} | {r['total_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

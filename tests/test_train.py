@@ -153,8 +153,8 @@ def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(ti
     common = dict(base=tiny_base, data=data, resolution=32, steps=5, batch_size=2, seed=3, sample_every=5,
                   validation_steps=2)
     plain = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common), progress=False)
-    offloaded = train(TrainConfig(output=str(tmp_path / "b.safetensors"), offload_encoders=True, **common), progress=False)
+    offloaded = train(TrainConfig(output=str(tmp_path / "b.safetensors"), offload_encoders="on", **common), progress=False)
     assert plain.losses == pytest.approx(offloaded.losses, rel=1e-5)
     assert (tmp_path / "b-logs" / "samples" / "final.png").is_file()
     with pytest.raises(UserError, match="offload_encoders needs cached latents and captions"):
-        train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders=True, flip=True, **common), progress=False)
+        train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders="on", flip=True, **common), progress=False)

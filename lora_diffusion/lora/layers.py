@@ -19,6 +19,13 @@ from torch import nn
 from .config import LoraConfig
 
 
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if x.is_cuda else torch.is_autocast_cpu_enabled()
+
+
 class LoraLayer(nn.Module):
     """Base class: adapter bookkeeping, merging and the forward sum.
 
@@ -225,7 +232,9 @@ class LoraLayer(nn.Module):
     # ---- forward -------------------------------------------------------------------
     def _lora_path(self, name: str, x: torch.Tensor) -> torch.Tensor:
         down = self.lora_A[name]
-        return self.lora_B[name](down(self.lora_dropout[name](x.to(down.weight.dtype))))
+        if x.dtype != down.weight.dtype and not _autocast_on(x):
+            x = x.to(down.weight.dtype)  # e.g. an fp32 adapter on an fp16 base outside autocast
+        return self.lora_B[name](down(self.lora_dropout[name](x)))
 
     def _bias_shape(self, out: torch.Tensor) -> tuple[int, ...]:
         return (-1,)
@@ -242,7 +251,9 @@ class LoraLayer(nn.Module):
         # Fully merged (the generation case) leaves nothing to add: base-model cost.
         for name, w in self._side_paths():
             if self.rank[name] > 0:
-                out = out + (self._lora_path(name, x) * (w * self.scaling(name))).to(out.dtype)
+                lora = self._lora_path(name, x)
+                # one fused kernel for scale-and-add: at batch 1 the step is kernel-launch bound
+                out = torch.add(out, lora if lora.dtype == out.dtype else lora.to(out.dtype), alpha=w * self.scaling(name))
             if name in self.lora_bias:
                 out = out + (w * self.lora_bias[name]).to(out.dtype).view(self._bias_shape(out))
         return out

@@ -21,6 +21,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text_targets": ("attn", "attn-mlp"),
     "init": ("kaiming", "gaussian"),
     "save_dtype": ("fp16", "bf16", "fp32"),
+    "offload_encoders": ("auto", "on", "off"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -57,8 +59,9 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
-    offload_encoders: bool = field(default=False, metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU (low memory)"})
+    offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two)"})
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})

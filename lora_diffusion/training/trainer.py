@@ -170,7 +170,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     for model in (unet, text_encoder, vae):
-        model.requires_grad_(False).to(accelerator.device)
+        model.requires_grad_(False)
+    # with offloading the UNet joins the GPU only after every image is encoded, so the encode pass
+    # and the training steps never hold all three models at once
+    unet.to("cpu" if cfg.offload_encoders == "on" else accelerator.device)
+    text_encoder.to(accelerator.device)
+    vae.to(accelerator.device)
     vae.to(dtype=torch.float32)  # the VAE is run once per image; fp32 avoids fp16 overflow in its decoder
     resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
 
@@ -201,16 +206,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     cache_latents = cfg.cache != "off" and data.deterministic
     cache_text = cfg.cache != "off" and data.fixed_captions and not cfg.train_text_encoder
     encoders = Encoders(vae, text_encoder, tokenizer, accelerator.device, cache_latents, cache_text)
-    if cfg.offload_encoders:
-        if not (cache_latents and cache_text):
-            raise UserError(
-                "offload_encoders needs cached latents and captions: no random crop/flip, no caption "
-                "shuffle/dropout, no text-encoder training, and cache not 'off'"
-            )
+    if cfg.offload_encoders == "on" and not (cache_latents and cache_text):
+        raise UserError(
+            "offload_encoders needs cached latents and captions: no random crop/flip, no caption "
+            "shuffle/dropout, no text-encoder training, and cache not 'off' (or set offload_encoders: auto)"
+        )
+    if cfg.offload_encoders == "on" or (cfg.offload_encoders == "auto" and cache_latents and cache_text
+                                        and accelerator.device.type == "cuda"):
         encoders.encode_all(data, cfg.batch_size)
         # every latent and text state is cached now: the VAE and text encoder leave the GPU
         vae.to("cpu")
         text_encoder.to("cpu")
+        unet.to(accelerator.device)
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -225,7 +232,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     if cfg.compile:
         # the LoRA layers' side paths are plain module calls, so the UNet compiles whole; the first
         # steps pay the compile time (reported separately by the benchmarks)
-        unet_p = torch.compile(unet_p)
+        unet_p = torch.compile(unet_p, mode=cfg.compile_mode)
 
     start_step = 0
     if cfg.resume:
