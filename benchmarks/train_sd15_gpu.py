@@ -46,6 +46,8 @@ def run(base: Path, data: Path, out: Path, images: int, batch: int, variant: str
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     train(cfg, progress=False, on_step=lambda record: (torch.cuda.synchronize(), times.append(time.perf_counter())))
+    if not times:  # on_step runs on the main process only; the other ranks just train
+        return {}
     gaps = [b - a for a, b in zip(times[warm:], times[warm + 1:])]
     world = int(os.environ.get("WORLD_SIZE", "1"))  # under `accelerate launch` every process takes a batch
     return {"variant": variant, "batch": batch, "world": world, "img_s": batch * world / statistics.median(gaps),
@@ -73,7 +75,7 @@ def main() -> None:
     for variant in args.variants:
         for batch in args.batches:
             r = run(base, data, args.work / "runs", args.images, batch, variant)
-            if main_process:
+            if main_process and r:
                 print(f"| {r['variant']} | {r['world']} | {r['batch']} | {r['img_s']:.1f} | {r['peak_gib']:.2f} | "
                       f"{r['first_step_s']:.0f} | {r['total_s']:.0f} |", flush=True)
 
