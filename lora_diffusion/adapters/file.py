@@ -239,6 +239,11 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
+    except OSError as error:
+        raise UserError(
+            f"could not write {path} ({error.strerror or error}); any earlier file there is unchanged. "
+            "Free disk space or choose another output"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()

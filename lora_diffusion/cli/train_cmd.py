@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if not PartialState().is_main_process:
         return 0
     print(f"wrote {result.output} after {result.steps} steps in {result.seconds:.0f} s"
-          + (f" ({len(result.skipped)} files skipped)" if result.skipped else ""))
+          + (f" ({len(result.skipped)} files skipped)" if result.skipped else "")
+          + (f" ({result.skipped_steps} updates skipped for NaN/inf)" if result.skipped_steps else ""))
+    if result.skipped:
+        reasons: dict[str, int] = {}
+        for _, why in result.skipped:
+            reasons[why] = reasons.get(why, 0) + 1
+        print("skipped files: " + "; ".join(f"{n}x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
     sys.stdout.flush()
     return 0

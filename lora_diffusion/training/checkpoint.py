@@ -35,10 +35,17 @@ def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_schedul
     final = folder / f"{PREFIX}{step:06d}"
     tmp = folder / f".{PREFIX}{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(lora_state(models), str(tmp / "lora.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
+    try:
+        tmp.mkdir()
+        save_file(lora_state(models), str(tmp / "lora.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write checkpoint {final} ({error.strerror or error}); earlier checkpoints are unchanged. "
+            "Free disk space and continue with --resume latest"
+        ) from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

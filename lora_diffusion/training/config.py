@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("kaiming", "gaussian"),
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
+    "nan_policy": ("skip", "stop"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
 }
 
@@ -62,6 +63,8 @@ class TrainConfig:
     offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two)"})
     compile_mode: str = field(default="default", metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
+    nan_policy: str = field(default="skip", metadata={"help": "on a NaN/inf loss or gradient: skip the update (warn) or stop"})
+    max_bad_steps: int = field(default=10, metadata={"help": "with nan_policy skip: stop after this many bad steps in a row"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
@@ -93,7 +96,8 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config key {key!r} is {getattr(self, key)!r}; allowed values: {', '.join(allowed)}")
-        positive = ("steps", "rank", "batch_size", "gradient_accumulation", "checkpoints_to_keep", "validation_steps")
+        positive = ("steps", "rank", "batch_size", "gradient_accumulation", "checkpoints_to_keep", "validation_steps",
+                    "max_bad_steps")
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"config key {key!r} must be at least 1, got {getattr(self, key)!r}")

@@ -41,6 +41,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     skipped: list = field(default_factory=list)
+    skipped_steps: int = 0  # updates skipped for a NaN/inf loss or gradient (nan_policy: skip)
 
 
 def _paths(cfg: TrainConfig) -> tuple[Path, Path, Path]:
@@ -273,52 +274,84 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     if cfg.train_text_encoder:
         te_p.train()
     step = start_step
-    for step in range(start_step, cfg.steps):
-        step_loss = 0.0
-        for micro in range(cfg.gradient_accumulation):
-            indices, epoch = batch_for(step * cfg.gradient_accumulation + micro)
-            generator = _step_generator(cfg.seed, step, micro, rank, accelerator.device)
-            with accelerator.accumulate(unet_p):
-                latents = encoders.latent_batch(indices, lambda i: data.pixels(i, epoch), generator)
-                captions = [data.caption(i, epoch) for i in indices]
-                states = encoders.text_states(captions, cfg.train_text_encoder)
-                with accelerator.autocast():
-                    loss = denoising_loss(unet_p, noise_scheduler, latents.to(weight_dtype), states, generator,
-                                          min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation
-        if not math.isfinite(step_loss):
-            raise UserError(f"loss became {step_loss} at step {step + 1}; lower --lr or use --mixed-precision no/bf16")
-        losses.append(step_loss)
-        done = step + 1
-        lr_now = lr_scheduler.get_last_lr()[0]
-        if main:
-            record = {"step": done, "loss": step_loss, "lr": lr_now, "time": round(time.time() - started, 3)}
-            jsonl.write(json.dumps(record) + "\n")
-            jsonl.flush()
-            if tracker:
-                tracker.add_scalar("train/loss", step_loss, done)
-                tracker.add_scalar("train/lr", lr_now, done)
-            if on_step:
-                on_step(record | {"steps": cfg.steps, "elapsed": time.time() - started})
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_now:.2e}")
-        stop = bool(should_stop and should_stop())
-        if main and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or stop) and done < cfg.steps:
-            save_checkpoint(checkpoint_dir, done, trained, optimizer, lr_scheduler, settings, cfg.checkpoints_to_keep)
-            _test_crash_hook(done)
-        if main and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            _save(cfg, pipe, output.with_name(f"{output.stem}-step{done:06d}.safetensors"), done, data, started)
-        if main and cfg.sample_every and done % cfg.sample_every == 0:
-            _validation_grid(cfg, pipe, data, log_dir / "samples" / f"step_{done:06d}.png", resolution)
-            unet_p.train()
-        if stop:
-            break
+    params = [p for g in groups for p in g["params"]]
+    bad_in_a_row = skipped_steps = 0
+    completed = start_step  # steps whose update is fully applied (what a Ctrl-C checkpoint holds)
+    try:
+        for step in range(start_step, cfg.steps):
+            step_loss = 0.0
+            bad = False
+            for micro in range(cfg.gradient_accumulation):
+                indices, epoch = batch_for(step * cfg.gradient_accumulation + micro)
+                generator = _step_generator(cfg.seed, step, micro, rank, accelerator.device)
+                with accelerator.accumulate(unet_p):
+                    latents = encoders.latent_batch(indices, lambda i: data.pixels(i, epoch), generator)
+                    captions = [data.caption(i, epoch) for i in indices]
+                    states = encoders.text_states(captions, cfg.train_text_encoder)
+                    with accelerator.autocast():
+                        loss = denoising_loss(unet_p, noise_scheduler, latents.to(weight_dtype), states, generator,
+                                              min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset)
+                    accelerator.backward(loss)
+                    micro_loss = accelerator.gather(loss.detach()).mean().item()
+                    bad = bad or not math.isfinite(micro_loss)
+                    if accelerator.sync_gradients:
+                        # the norm is over gradients already averaged across processes, so every rank
+                        # decides alike; fp16's grad scaler handles overflowing gradients by itself
+                        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                        bad = bad or (cfg.mixed_precision != "fp16" and norm is not None and not bool(torch.isfinite(norm)))
+                        if not bad:
+                            optimizer.step()
+                            lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss += micro_loss / cfg.gradient_accumulation
+            done = step + 1
+            if bad:
+                bad_in_a_row += 1
+                skipped_steps += 1
+                if cfg.nan_policy == "stop" or bad_in_a_row >= cfg.max_bad_steps:
+                    why = "" if cfg.nan_policy == "stop" else f" for {bad_in_a_row} steps in a row"
+                    raise UserError(
+                        f"loss or gradients became NaN/inf at step {done}{why}; stopped (the last checkpoint is kept). "
+                        "Lower --lr, use --mixed-precision bf16 or no, or set nan_policy: skip"
+                    )
+                if main:
+                    print(f"warning: step {done}: NaN/inf loss or gradient; update skipped", file=sys.stderr)
+                    jsonl.write(json.dumps({"step": done, "loss": None, "skipped": "non-finite loss or gradient"}) + "\n")
+                completed = done
+                continue
+            bad_in_a_row = 0
+            completed = done
+            losses.append(step_loss)
+            lr_now = lr_scheduler.get_last_lr()[0]
+            if main:
+                record = {"step": done, "loss": step_loss, "lr": lr_now, "time": round(time.time() - started, 3)}
+                jsonl.write(json.dumps(record) + "\n")
+                jsonl.flush()
+                if tracker:
+                    tracker.add_scalar("train/loss", step_loss, done)
+                    tracker.add_scalar("train/lr", lr_now, done)
+                if on_step:
+                    on_step(record | {"steps": cfg.steps, "elapsed": time.time() - started})
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_now:.2e}")
+            stop = bool(should_stop and should_stop())
+            if main and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or stop) and done < cfg.steps:
+                save_checkpoint(checkpoint_dir, done, trained, optimizer, lr_scheduler, settings, cfg.checkpoints_to_keep)
+                _test_crash_hook(done)
+            if main and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                _save(cfg, pipe, output.with_name(f"{output.stem}-step{done:06d}.safetensors"), done, data, started)
+            if main and cfg.sample_every and done % cfg.sample_every == 0:
+                _validation_grid(cfg, pipe, data, log_dir / "samples" / f"step_{done:06d}.png", resolution)
+                unet_p.train()
+            if stop:
+                break
+    except KeyboardInterrupt:
+        if main and completed > start_step:
+            where = save_checkpoint(checkpoint_dir, completed, trained, optimizer, lr_scheduler, settings,
+                                    cfg.checkpoints_to_keep)
+            print(f"interrupted after step {completed}; checkpoint saved to {where}; "
+                  "continue with --resume latest", file=sys.stderr)
+        raise
     bar.close()
     accelerator.wait_for_everyone()
     if main:
@@ -328,7 +361,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         jsonl.close()
         if tracker:
             tracker.close()
-    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped)
+    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps)
 
 
 def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
