@@ -22,6 +22,7 @@ from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
 from .layouts import METADATA_KEY, detect_layout, parse_diffusers_state_dict, to_diffusers_state_dict
 from .naming import canonical_kohya_name, component_of
 
+_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "diff_b": "diff_b"}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 META_PREFIX = "lora_diffusion."
 # LyCORIS tensor names we recognise but do not apply (refused, never misapplied)
@@ -47,6 +48,13 @@ class ModuleLora:
         if not self.rank:
             return 1.0
         return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+    def set_part(self, part: str, tensor: torch.Tensor) -> None:
+        """Store one tensor of the module: ``down``, ``up``, ``diff_b`` or ``alpha`` (a scalar)."""
+        if part == "alpha":
+            self.alpha = float(tensor.float().item())
+        else:
+            setattr(self, part, tensor)
 
     def delta(self) -> torch.Tensor:
         """(α/r)·up·down in fp32, shaped (out, in) or (out, in, kh, kw)."""
@@ -174,17 +182,9 @@ def parse_kohya_state_dict(tensors: dict[str, torch.Tensor], source: object = "s
         if suffix.startswith(_LYCORIS_SUFFIXES) or suffix == "dora_scale":
             kind = "DoRA" if suffix == "dora_scale" else "LyCORIS (LoHa/LoKr/LoCon-Tucker)"
             raise UserError(f"{source}: {kind} adapters are not supported yet (tensor {key!r}); use a plain LoRA file")
-        entry = modules.setdefault(module_name, ModuleLora())
-        if suffix == "lora_down.weight":
-            entry.down = tensor
-        elif suffix == "lora_up.weight":
-            entry.up = tensor
-        elif suffix == "alpha":
-            entry.alpha = float(tensor.float().item())
-        elif suffix == "diff_b":
-            entry.diff_b = tensor
-        else:
+        if suffix not in _KOHYA_PARTS:
             raise UserError(f"{source}: unknown tensor {key!r} in a LoRA file")
+        modules.setdefault(module_name, ModuleLora()).set_part(_KOHYA_PARTS[suffix], tensor)
     for name, entry in modules.items():
         if (entry.down is None) != (entry.up is None):
             raise UserError(f"{source}: module {name} has only one of lora_down/lora_up; the file is incomplete")

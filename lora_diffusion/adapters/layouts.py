@@ -34,7 +34,7 @@ _WRITE_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "t
 _SUFFIXES = [
     (re.compile(r"\.lora_A(\.[^.]+)?\.weight$"), "down"),
     (re.compile(r"\.lora_B(\.[^.]+)?\.weight$"), "up"),
-    (re.compile(r"\.lora_B(\.[^.]+)?\.bias$"), "up_bias"),
+    (re.compile(r"\.lora_B(\.[^.]+)?\.bias$"), "diff_b"),  # PEFT's lora_bias: B's bias
     (re.compile(r"\.lora(_linear_layer)?\.down\.weight$"), "down"),
     (re.compile(r"\.lora(_linear_layer)?\.up\.weight$"), "up"),
     (re.compile(r"_lora\.down\.weight$"), "down"),
@@ -126,15 +126,7 @@ def parse_diffusers_state_dict(
         path, role = _split(rest)
         name = kohya_name(component, path)
         paths[name] = (component, path)
-        entry = modules.setdefault(name, ModuleLora())
-        if role == "down":
-            entry.down = tensor
-        elif role == "up":
-            entry.up = tensor
-        elif role == "up_bias":
-            entry.diff_b = tensor  # scaled by alpha/r below, as PEFT applies it
-        else:
-            entry.alpha = float(tensor.float().item())
+        modules.setdefault(name, ModuleLora()).set_part(role, tensor)  # a diff_b is scaled by alpha/r below
     for name, entry in modules.items():
         component, path = paths[name]
         if entry.down is None or entry.up is None:
