@@ -149,3 +149,24 @@ def test_auth_is_required_when_set(tmp_path, lora_dir):
         demo.close()
     with pytest.raises(UserError, match="--auth must be USER:PASSWORD"):
         launch(str(lora_dir), port=free_port(), auth="nocolon", block=False)
+
+
+def test_library_convert_and_merge(tmp_path, lora_dir):
+    import shutil
+
+    from lora_diffusion import read_adapter
+    from lora_diffusion.ui.app import UiState, _convert, _merge
+
+    folder = tmp_path / "lib"
+    shutil.copytree(lora_dir, folder)
+    state = UiState(str(folder), out_dir=str(tmp_path / "out"), device="cpu")
+    assert _convert(state, "bold", "diffusers") == "bold-diffusers"
+    assert read_adapter(folder / "bold-diffusers.safetensors").layout == "diffusers"
+    assert _merge(state, "bold:0.5, sepia-ish:-0.25", "mix") == "mix"
+    assert read_adapter(folder / "mix.safetensors").rank == 8
+    with pytest.raises(UserError, match="list at least two LoRAs"):
+        _merge(state, "bold", "x")
+    with pytest.raises(UserError, match="not allowed"):
+        _merge(state, "../../etc:1, bold:1", "y")
+    with pytest.raises(UserError, match="already exists"):
+        _merge(state, "bold:1, sepia-ish:1", "mix")

@@ -146,6 +146,41 @@ class UiState:
         return "\n".join(_plain(line, 400) for line in lines)
 
 
+def _convert(state: "UiState", name: str, layout: str) -> str:
+    from ..adapters.file import read_adapter, write_adapter
+    from ..cli.convert_cmd import file_dtype
+
+    source = state.library.path(name)
+    target = state.library.path(f"{source.stem}-{layout}", must_exist=False)
+    if target.exists():
+        raise UserError(f"a LoRA named {target.stem!r} already exists; rename or delete it first")
+    adapter = read_adapter(source)
+    write_adapter(adapter, target, dtype=file_dtype(adapter), layout=layout)
+    return target.stem
+
+
+def _merge(state: "UiState", spec: str, new_name: str) -> str:
+    """``spec`` like ``style:0.8, detail:-0.3`` (names from the library); an exact merge."""
+    from ..adapters.file import read_adapter, write_adapter
+    from ..adapters.tools import merge_adapters_exact
+
+    inputs = []
+    for part in [p.strip() for p in (spec or "").split(",") if p.strip()]:
+        name, _, weight = part.rpartition(":") if ":" in part else (part, "", "1")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise UserError(f"merge: {part!r} is not NAME:WEIGHT (e.g. style:0.8)") from None
+        inputs.append((read_adapter(state.library.path(name.strip())), value))
+    if len(inputs) < 2:
+        raise UserError("merge: list at least two LoRAs, e.g. style:0.8, detail:-0.3")
+    target = state.library.path(new_name, must_exist=False)
+    if target.exists():
+        raise UserError(f"a LoRA named {target.stem!r} already exists; choose another name")
+    write_adapter(merge_adapters_exact(inputs), target)
+    return target.stem
+
+
 def _plain(text: str, limit: int = 2000) -> str:
     """One line of untrusted text, printable (control characters escaped) and cut to ``limit``."""
     from ..cli.text import safe_text
@@ -270,6 +305,12 @@ def build_app(state: UiState):
                     with gr.Row():
                         rename = gr.Button("Rename")
                         delete = gr.Button("Delete", variant="stop")
+                    with gr.Row():
+                        to_diffusers = gr.Button("Copy as diffusers layout")
+                        to_kohya = gr.Button("Copy as kohya layout")
+                    merge_spec = gr.Textbox(label="Merge (exact): NAME:WEIGHT, …", placeholder="style:0.8, detail:-0.3")
+                    merge_name = gr.Textbox(label="Merged LoRA name")
+                    merge = gr.Button("Merge")
                     library_msg = gr.Markdown("", elem_id="library-message")
                 with gr.Column(scale=2):
                     info = gr.Textbox(label="What the file holds", lines=22, interactive=False, elem_id="library-info")
@@ -301,7 +342,22 @@ def build_app(state: UiState):
             state.library.delete(name)
             return [f"deleted {_md(name)}", *lists()]
 
+        def on_convert(name, layout):
+            if not name:
+                raise UserError("choose a LoRA to convert")
+            made = _convert(state, name, layout)
+            return [f"wrote **{_md(made)}** ({layout} layout)", *lists(made)]
+
+        def on_merge(spec, new_name):
+            made = _merge(state, spec, new_name)
+            return [f"merged into **{_md(made)}**", *lists(made)]
+
         library_outputs = [library_msg, chosen, *name_dropdowns]
+        to_diffusers.click(_user_errors(lambda n: on_convert(n, "diffusers")), inputs=chosen, outputs=library_outputs,
+                           concurrency_limit=None)
+        to_kohya.click(_user_errors(lambda n: on_convert(n, "kohya")), inputs=chosen, outputs=library_outputs,
+                       concurrency_limit=None)
+        merge.click(_user_errors(on_merge), inputs=[merge_spec, merge_name], outputs=library_outputs, concurrency_limit=None)
         upload.upload(_user_errors(on_upload), inputs=upload, outputs=library_outputs, concurrency_limit=None)
         rename.click(_user_errors(on_rename), inputs=[chosen, rename_to], outputs=library_outputs, concurrency_limit=None)
         delete.click(_user_errors(on_delete), inputs=chosen, outputs=library_outputs, concurrency_limit=None)
