@@ -273,15 +273,17 @@ def test_sd15_sized_single_file_without_our_metadata_loads_offline_with_referenc
         assert torch.equal(loaded.text_encoder(ids).last_hidden_state, pipe.text_encoder(ids).last_hidden_state)
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sd2"])
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
 def test_single_file_round_trip_keeps_every_tensor(tmp_path, arch):
-    """SD1 (Hugging Face CLIP layout) and SD2 (OpenCLIP layout, fused q/k/v) single files read back exactly."""
+    """SD1 (Hugging Face CLIP layout), SD2 (OpenCLIP layout, fused q/k/v) and SDXL (both encoders under
+    conditioner.embedders, label_emb) single files read back exactly."""
     from lora_diffusion.models.single_file import load_single_file, save_single_file
 
     pipe = tiny_pipeline(arch, seed=0)
     path = save_single_file(pipe, tmp_path / f"{arch}.safetensors", arch, dtype="fp32")
     back = load_single_file(path)
-    for component in ("unet", "vae", "text_encoder"):
+    assert type(back).__name__ == type(pipe).__name__
+    for component in ("unet", "vae", "text_encoder") + (("text_encoder_2",) if arch == "sdxl" else ()):
         ours, theirs = getattr(pipe, component).state_dict(), getattr(back, component).state_dict()
         assert sorted(ours) == sorted(theirs)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), component

@@ -78,14 +78,15 @@ def write_tiny_tokenizer(folder: str | Path) -> Path:
 
 
 def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None):
-    """A complete tiny ``StableDiffusionPipeline`` (SD1/SD2 shapes) with random weights."""
+    """A complete tiny ``StableDiffusionPipeline`` (SD1/SD2 shapes) or ``StableDiffusionXLPipeline``
+    (``arch="sdxl"``) with random weights."""
     import tempfile
 
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
-    if arch not in ("sd1", "sd2"):
-        raise ValueError("tiny_pipeline builds SD1/SD2 pipelines; use tiny_components for SDXL shapes")
+    if arch not in ("sd1", "sd2", "sdxl"):
+        raise ValueError(f"tiny_pipeline builds sd1, sd2 or sdxl pipelines, not {arch!r}")
     components = tiny_components(arch, seed)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
@@ -101,6 +102,11 @@ def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | 
     tok_dir = write_tiny_tokenizer(tokenizer_dir or tempfile.mkdtemp(prefix="tiny-tok-"))
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+    if arch == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=vae, text_encoder=components["te1"], text_encoder_2=components["te2"], tokenizer=tokenizer,
+            tokenizer_2=tokenizer, unet=components["unet"], scheduler=scheduler,
+        )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=components["te"],
