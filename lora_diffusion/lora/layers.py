@@ -192,17 +192,13 @@ class LoraLayer(nn.Module):
             if bias is not None:
                 deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
                 bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
-            if active:
-                self._add_low_rank(weight, active, base=w0)
+            self._add_low_rank(weight, active)
             self._updates = 0
         self._merged = active
         self._side = None
 
-    def _add_low_rank(self, weight: torch.Tensor, weights: dict[str, float], base: torch.Tensor | None = None) -> None:
-        """weight (+)= Σ wᵢ·sᵢ·BᵢAᵢ as one matmul over the concatenated ranks.
-
-        With ``base`` the result is ``base + Σ…`` (a fresh blend); without, it adds in place.
-        """
+    def _add_low_rank(self, weight: torch.Tensor, weights: dict[str, float]) -> None:
+        """weight += Σ wᵢ·sᵢ·BᵢAᵢ in place, as one matmul over the concatenated ranks (in fp32)."""
         names = [n for n in weights if self.rank[n] > 0]
         if not names:
             return
@@ -213,8 +209,7 @@ class LoraLayer(nn.Module):
         if weight.dtype == torch.float32 and weight.is_contiguous():
             weight.data.view(weight.shape[0], -1).addmm_(up, down)
         else:
-            start = weight if base is None else base
-            weight.copy_(torch.addmm(start.flatten(1).float(), up, down).view(weight.shape).to(weight.dtype))
+            weight.copy_(torch.addmm(weight.flatten(1).float(), up, down).view(weight.shape).to(weight.dtype))
 
     @torch.no_grad()
     def unmerge(self) -> None:

@@ -180,10 +180,9 @@ def load_single_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
             configs = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else _reference_configs(arch)
         except json.JSONDecodeError:
             configs = _reference_configs(arch)
-        arch = metadata.get("lora_diffusion.base", arch) if arch == "sd1" else arch
         folder = tmp / "config"
         folder.mkdir()
-        _write_config_folder(folder, "sdxl" if "text_encoder_2" in configs else ("sd2" if arch == "sd2" else "sd1"), configs)
+        _write_config_folder(folder, arch, configs)
         if "text_encoder_2" in configs:
             from diffusers import StableDiffusionXLPipeline as Pipeline
         else:

@@ -170,11 +170,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    # the UNet joins the device only after the data is prepared (step 3), so an up-front encode pass
+    # and the training steps never hold all three models at once
     for model in (unet, text_encoder, vae):
         model.requires_grad_(False)
-    # with offloading the UNet joins the GPU only after every image is encoded, so the encode pass
-    # and the training steps never hold all three models at once
-    unet.to("cpu" if cfg.offload_encoders == "on" else accelerator.device)
     text_encoder.to(accelerator.device)
     vae.to(accelerator.device)
     vae.to(dtype=torch.float32)  # the VAE is run once per image; fp32 avoids fp16 overflow in its decoder
@@ -218,9 +217,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         # every latent and text state is cached now: the VAE and text encoder leave the GPU
         vae.to("cpu")
         text_encoder.to("cpu")
-        unet.to(accelerator.device)
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
+    unet.to(accelerator.device)
 
     # 4. optimizer and schedule
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.lr}]
@@ -279,7 +278,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     completed = start_step  # steps whose update is fully applied (what a Ctrl-C checkpoint holds)
     try:
         for step in range(start_step, cfg.steps):
-            step_loss = 0.0
+            loss_sum = None
             bad = False
             for micro in range(cfg.gradient_accumulation):
                 indices, epoch = batch_for(step * cfg.gradient_accumulation + micro)
@@ -292,18 +291,22 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                         loss = denoising_loss(unet_p, noise_scheduler, latents.to(weight_dtype), states, generator,
                                               min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset)
                     accelerator.backward(loss)
-                    micro_loss = accelerator.gather(loss.detach()).mean().item()
-                    bad = bad or not math.isfinite(micro_loss)
+                    mean_loss = accelerator.gather(loss.detach()).mean().float()
+                    loss_sum = mean_loss if loss_sum is None else loss_sum + mean_loss
                     if accelerator.sync_gradients:
                         # the norm is over gradients already averaged across processes, so every rank
                         # decides alike; fp16's grad scaler handles overflowing gradients by itself
                         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                        bad = bad or (cfg.mixed_precision != "fp16" and norm is not None and not bool(torch.isfinite(norm)))
+                        checked = [loss_sum]
+                        if cfg.mixed_precision != "fp16" and norm is not None:
+                            checked.append(norm.float().reshape(()).to(loss_sum.device))
+                        values = torch.stack(checked).tolist()  # the step's one host sync
+                        bad = not all(math.isfinite(v) for v in values)
                         if not bad:
                             optimizer.step()
                             lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                step_loss += micro_loss / cfg.gradient_accumulation
+            step_loss = values[0] / cfg.gradient_accumulation
             done = step + 1
             if bad:
                 bad_in_a_row += 1
