@@ -7,3 +7,7 @@ class UserError(Exception):
     The CLI prints ``str(error)`` as one line on stderr and exits non-zero;
     tracebacks are only shown with ``--debug``.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the trainer saved what it had; the message says what and where (the CLI exits 130)."""

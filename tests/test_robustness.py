@@ -84,10 +84,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
             raise KeyboardInterrupt
 
     out = tmp_path / "cut.safetensors"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         train(_cfg(tiny_base, folder, out), progress=False, on_step=interrupt)
-    assert "interrupted after step 3; checkpoint saved" in capsys.readouterr().err
+    partial = tmp_path / "cut-partial-step000003.safetensors"
+    assert str(caught.value) == (
+        f"interrupted after step 3 of 6: wrote the partial LoRA {partial} and the checkpoint "
+        f"{tmp_path / 'cut-checkpoints' / 'checkpoint-000003'}; continue with --resume latest")
     assert (tmp_path / "cut-checkpoints" / "checkpoint-000003").is_dir() and not out.exists()
+    # the partial LoRA is a normal adapter file holding the first 3 steps
+    assert read_adapter(partial).metadata["ss_steps"] == "3"
     train(_cfg(tiny_base, folder, out, resume="latest"), progress=False)
     a, b = load_file(str(full.output)), load_file(str(out))
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -111,7 +111,7 @@ def test_kill_after_checkpoint_then_resume_is_bit_identical(tiny_base, style_fol
         (["--set", "optimizer=sgd"], "config key 'optimizer' is 'sgd'; allowed values: adamw, adamw8bit"),
         (["--set", "mixed_precision=fp8"], "config key 'mixed_precision' is 'fp8'; allowed values: no, fp16, bf16"),
         (["--steps", "0"], "config key 'steps' must be at least 1"),
-        (["--steps", "ten"], "key 'steps' must be an integer, got 'ten'"),
+        (["--steps", "ten"], "error: --steps must be an integer or auto, got 'ten'"),
         (["--lr", "-1"], "config key 'lr' must be greater than 0"),
         (["--resolution", "30"], "'resolution' must be a multiple of 8"),
         (["--set", "colour=red"], "unknown config key 'colour'"),

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..file_modes import make_like_new_file
 from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
 from .layouts import METADATA_KEY, detect_layout, parse_diffusers_state_dict, to_diffusers_state_dict
 from .naming import canonical_kohya_name, component_of
@@ -238,6 +239,7 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        make_like_new_file(tmp)
         os.replace(tmp, path)
     except OSError as error:
         raise UserError(

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generation.engine import LoraChoice
     from ..lora.inject import bake_lora, set_adapter_weight
     from ..models.loading import load_pipeline
+    from ..file_modes import make_tree_like_new
     from ..models.single_file import save_single_file
     from .text import safe_text
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        make_tree_like_new(tmp)  # safetensors writes its files private
         os.replace(tmp, out)
     finally:
         if tmp.exists():

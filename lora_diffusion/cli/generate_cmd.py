@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
 from ..generation.schedulers import sampler_names
+from ..writable import writable_folder
+from .formatting import ShowDefaults
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -13,20 +16,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "generate",
         help="generate images with a base model and any LoRAs blended by weight",
         description="Write PNGs (parameters in the PNG text chunk 'parameters') and print each path.",
+        formatter_class=ShowDefaults,
     )
-    parser.add_argument("prompt", metavar="PROMPT")
-    parser.add_argument("--negative-prompt", default="", metavar="TEXT")
+    parser.add_argument("prompt", metavar="PROMPT", help="what to draw")
+    parser.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from")
     parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT[:TEXT_WEIGHT]]",
                         help="LoRA to blend (repeatable); WEIGHT defaults to 1.0, may be negative or > 1; "
                              "TEXT_WEIGHT sets the text-encoder weight separately")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    parser.add_argument("--width", type=int, default=None, help="default: the base model's native size")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--num-images", type=int, default=1)
-    parser.add_argument("--scheduler", default="DPM++ 2M", help=f"one of: {', '.join(sampler_names())}")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (CFG)")
+    parser.add_argument("--width", type=int, default=None, help="image width (default: the base's native size, "
+                        "64 for the built-in base)")
+    parser.add_argument("--height", type=int, default=None, help="image height (default: the base's native size)")
+    parser.add_argument("--num-images", type=int, default=1, help="images to write (seeds S, S+1, ...)")
+    parser.add_argument("--scheduler", default="DPM++ 2M", help=f"sampler: {', '.join(sampler_names())}")
     parser.add_argument("--out", default="outputs", help="folder for the PNGs")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))")
@@ -38,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from ..generation.engine import GenerationEngine, LoraChoice, next_index
     from ..generation.params import save_png
 
+    # every input is checked before the base loads: a typo costs a second, not a model load
     choices = [LoraChoice.parse(spec) for spec in args.lora]
+    for choice in choices:
+        if not Path(choice.path).is_file():
+            raise UserError(f"--lora {choice.path}: file not found; check the path")
+    if not any(name.lower() == args.scheduler.strip().lower() for name in sampler_names()):
+        raise UserError(f"--scheduler {args.scheduler!r} is not known; choose one of: {', '.join(sampler_names())}")
+    writable_folder(args.out, "--out")
     engine = GenerationEngine(allow_pickle=args.allow_pickle)
     results = engine.generate(
         args.prompt, base=args.base, loras=choices, negative_prompt=args.negative_prompt, seed=args.seed,

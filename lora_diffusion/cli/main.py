@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import Callable, Sequence
@@ -15,19 +16,42 @@ from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, inspect_cmd, mer
 COMMANDS = [train_cmd, generate_cmd, ui_cmd, inspect_cmd, convert_cmd, merge_cmd, bake_cmd, extract_cmd, resize_cmd, quickstart_cmd]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the CLI contract's errors: one line naming the command, then exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {self.prog}: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="lora-diffusion",
         description="Train LoRA adapters for text-to-image diffusion models and blend them by weight.",
     )
     parser.add_argument("--version", action="version", version=f"lora-diffusion {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full Python tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}
     for command in COMMANDS:
         sub = command.add_parser(subparsers)
         # --debug is accepted after the subcommand too (`lora-diffusion inspect F --debug`)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.commands[sub.prog.split()[-1]] = sub
     return parser
+
+
+def _unknown_arguments(parser: OneLineParser, command: str | None, extras: list[str]) -> None:
+    """One error line for arguments no parser took, naming the closest flag of the command."""
+    sub = parser.commands.get(command, parser)
+    first = extras[0]
+    if first.startswith("-"):
+        flag = first.split("=", 1)[0]
+        known = [o for action in sub._actions for o in action.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        sub.error(f"unknown flag {flag}{hint}")
+    sub.error(f"unexpected argument {first!r}")
 
 
 def _quiet_libraries() -> None:
@@ -41,7 +65,9 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unknown_arguments(parser, args.command, extras)
     if not args.command:
         parser.print_help()
         return 2
@@ -53,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(str(interrupt) or "interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the contract is one line, never a traceback
         if args.debug:

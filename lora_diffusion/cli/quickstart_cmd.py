@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     config = apply_values(TrainConfig(), load_yaml(args.config), f"config {args.config}")
     config.data, config.output = args.data, str(out / f"{args.style}.safetensors")
-    print(f"training a {args.style} style LoRA on {args.data} with the built-in base ({config.steps} steps, CPU)")
+    print(f"training a {args.style} style LoRA on {args.data} with the built-in base (settings derived: see the plan)")
     result = train(config.validate())
     print(f"training took {result.seconds:.0f} s; wrote {result.output}")
 

@@ -74,9 +74,9 @@ def scan_folder(root: str | Path, caption: str = "", trigger_word: str = "", cap
     folder or an ancestor, a same-name caption file, then ``caption``. The trigger
     word is put in front. Images with no caption from any source are skipped.
     """
-    root = Path(root)
+    given, root = str(root), Path(root)
     if not root.is_dir():
-        raise UserError(f"data folder not found: {root}; pass --data with a folder of images")
+        raise UserError(f"data folder not found: {given}; pass --data with a folder of images")
     examples: list[Example] = []
     skipped: list[tuple[str, str]] = []
     metadata_cache: dict[Path, dict[str, str] | None] = {}

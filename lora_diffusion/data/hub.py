@@ -13,7 +13,9 @@ TEXT_COLUMNS = ("text", "caption", "prompt", "sentence")
 
 
 def looks_like_hub_id(data: str) -> bool:
-    return "/" in data and not Path(data).exists() and not data.startswith((".", "/", "~")) and data.count("/") == 1
+    """``owner/name`` that is not a local path (``my_imgs/`` is a folder that is missing, not a hub id)."""
+    owner, _, name = data.partition("/")
+    return bool(owner and name) and "/" not in name and not Path(data).exists() and not data.startswith((".", "~"))
 
 
 def load_hub_examples(dataset_id: str, cache_dir: Path, split: str = "train") -> list[Example]:

@@ -24,6 +24,9 @@ from .params import GenerationParams
 from .schedulers import make_scheduler
 
 
+LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
 @dataclass(frozen=True)
 class LoraChoice:
     """One LoRA to blend: file, UNet weight, and text-encoder weight (None: same as ``weight``)."""
@@ -46,6 +49,9 @@ class LoraChoice:
         path = ":".join(parts)
         if not path:
             raise UserError(f"--lora {spec!r}: give a file, e.g. style.safetensors:0.8")
+        head, _, tail = path.rpartition(":")
+        if head and not Path(path).exists() and (Path(head).exists() or head.lower().endswith(LORA_SUFFIXES)):
+            raise UserError(f"--lora {spec!r}: the weight {tail!r} is not a number; write FILE:WEIGHT, e.g. {head}:0.8")
         weight = numbers[0] if numbers else 1.0
         text_weight = numbers[1] if len(numbers) > 1 else None
         return cls(path, weight, text_weight)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..file_modes import make_like_new_file
 from .builtin import builtin_path
 from .original_layout import checkpoint_architecture, pipeline_to_original
 from .reference_configs import ARCHITECTURES
@@ -80,6 +81,7 @@ def save_single_file(pipe, path: str | os.PathLike, arch: str, dtype: str = "fp1
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        make_like_new_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..file_modes import make_like_new_file
 
 PREFIX = "checkpoint-"
 
@@ -38,6 +39,7 @@ def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_schedul
     try:
         tmp.mkdir()
         save_file(lora_state(models), str(tmp / "lora.safetensors"))
+        make_like_new_file(tmp / "lora.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
     except OSError as error:
@@ -63,6 +65,19 @@ def find_checkpoint(resume: str, folder: Path) -> Path | None:
     if not (path / "trainer.json").is_file():
         raise UserError(f"--resume {resume}: not a checkpoint folder (no trainer.json); use 'latest' or a {PREFIX}N folder")
     return path
+
+
+# settings that change what the remaining steps compute; a resume with other values is warned about
+RESUME_KEYS = ("base", "resolution", "batch_size", "gradient_accumulation", "rank", "alpha", "lr", "text_encoder_lr",
+               "lr_scheduler", "lr_warmup_steps", "steps", "min_snr_gamma", "noise_offset", "caption_dropout",
+               "mixed_precision", "seed", "targets", "train_text_encoder")
+
+
+def changed_settings(path: Path, settings: dict) -> list[str]:
+    """``key old → new`` for each of ``RESUME_KEYS`` that differs from the checkpoint's own settings."""
+    saved = json.loads((path / "trainer.json").read_text()).get("settings", {})
+    return [f"{key} {saved[key]} → {settings.get(key)}" for key in RESUME_KEYS
+            if key in saved and saved[key] != settings.get(key)]
 
 
 def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:

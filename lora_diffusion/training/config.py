@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -35,45 +36,45 @@ class TrainConfig:
     output: str = field(default="", metadata={"help": "adapter file to write (.safetensors)"})
     base: str = field(default="builtin", metadata={"help": "builtin, a diffusers folder, a .safetensors checkpoint, or a hub id"})
     allow_pickle: bool = field(default=False, metadata={"help": "allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))"})
-    steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
-    alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (scale alpha/rank)"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate of the UNet LoRA"})
-    text_encoder_lr: float = field(default=5e-5, metadata={"help": "learning rate of the text-encoder LoRA"})
-    batch_size: int = field(default=1, metadata={"help": "images per step per process"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (derived: image passes × images / batch size)"})
+    rank: int | None = field(default=None, metadata={"help": "LoRA rank r"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (scale alpha/rank)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate of the UNet LoRA"})
+    text_encoder_lr: float | None = field(default=None, metadata={"help": "learning rate of the text-encoder LoRA"})
+    batch_size: int | None = field(default=None, metadata={"help": "images per step per process"})
     gradient_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    resolution: int = field(default=512, metadata={"help": "training size in pixels (0: the base model's native size)"})
+    resolution: int | None = field(default=None, metadata={"help": "training size in pixels (derived: the base model's native size)"})
     seed: int = field(default=0, metadata={"help": "seed for data order, noise and initialisation"})
     caption: str = field(default="", metadata={"help": "caption for images without one"})
     trigger_word: str = field(default="", metadata={"help": "word put in front of every caption"})
     caption_extension: str = field(default=".txt", metadata={"help": "extension of caption files"})
     caption_shuffle: bool = field(default=False, metadata={"help": "shuffle comma-separated caption tags"})
     keep_tokens: int = field(default=1, metadata={"help": "leading tags kept in place when shuffling"})
-    caption_dropout: float = field(default=0.0, metadata={"help": "probability of training on an empty caption"})
+    caption_dropout: float | None = field(default=None, metadata={"help": "probability of training on an empty caption"})
     crop: str = field(default="center", metadata={"help": "center or random crop"})
     flip: bool = field(default=False, metadata={"help": "random horizontal flip"})
-    bucketing: bool = field(default=False, metadata={"help": "aspect-ratio buckets for mixed image sizes"})
+    bucketing: bool | None = field(default=None, metadata={"help": "aspect-ratio buckets for mixed image sizes"})
     train_text_encoder: bool = field(default=False, metadata={"help": "also train LoRA in the text encoder"})
     targets: str = field(default="attn", metadata={"help": "UNet target preset"})
     text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})
     init: str = field(default="kaiming", metadata={"help": "initialisation of A"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16 (derived: bf16 on GPUs that have it, else fp16; no on CPU)"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "trade compute for memory (derived: on for GPUs with little memory)"})
     offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two)"})
-    compile_mode: str = field(default="default", metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
+    compile: bool | None = field(default=None, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two; derived: on for long GPU runs)"})
+    compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
     nan_policy: str = field(default="skip", metadata={"help": "on a NaN/inf loss or gradient: skip the update (warn) or stop"})
     max_bad_steps: int = field(default=10, metadata={"help": "with nan_policy skip: stop after this many bad steps in a row"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
-    lr_scheduler: str = field(default="constant", metadata={"help": "learning-rate schedule"})
-    lr_warmup_steps: int = field(default=0, metadata={"help": "warm-up steps"})
-    min_snr_gamma: float = field(default=0.0, metadata={"help": "min-SNR-γ loss weighting (0: off; 5 is common)"})
+    lr_scheduler: str | None = field(default=None, metadata={"help": "learning-rate schedule"})
+    lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up steps"})
+    min_snr_gamma: float | None = field(default=None, metadata={"help": "min-SNR-γ loss weighting (0: off; 5 is common)"})
     noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
     cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: only at the end)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: none; Ctrl-C still saves one)"})
     checkpoint_dir: str = field(default="", metadata={"help": "checkpoint folder (default: next to the output)"})
     checkpoints_to_keep: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
     save_every: int = field(default=0, metadata={"help": "write an intermediate adapter every N steps"})
@@ -86,44 +87,69 @@ class TrainConfig:
     record_paths: bool = field(default=False, metadata={"help": "store the data folder's absolute path in the adapter metadata"})
 
     def validate(self) -> "TrainConfig":
-        """Raise ``UserError`` naming the first bad key and its allowed values."""
+        """Raise ``UserError`` naming the first bad key and its allowed values.
+
+        Keys still ``None`` are derived later (``plan.derive_plan``) and are not checked here.
+        """
         if not self.data:
             raise UserError("train: no data given; pass --data DIR (a folder of images) or set data: in the config")
         if not self.output:
             raise UserError("train: no output given; pass --output FILE.safetensors")
         if not self.output.endswith(".safetensors"):
-            raise UserError(f"output {self.output!r} must end in .safetensors")
+            raise UserError(f"--output {self.output!r} must end in .safetensors; e.g. --output my_style.safetensors")
         for key, allowed in CHOICES.items():
-            if getattr(self, key) not in allowed:
+            if getattr(self, key) is not None and getattr(self, key) not in allowed:
                 raise UserError(f"config key {key!r} is {getattr(self, key)!r}; allowed values: {', '.join(allowed)}")
         positive = ("steps", "rank", "batch_size", "gradient_accumulation", "checkpoints_to_keep", "validation_steps",
                     "max_bad_steps")
         for key in positive:
-            if getattr(self, key) < 1:
+            if _given(self, key) and getattr(self, key) < 1:
                 raise UserError(f"config key {key!r} must be at least 1, got {getattr(self, key)!r}")
         for key in ("lr", "alpha"):
-            if not getattr(self, key) > 0:
+            if _given(self, key) and not getattr(self, key) > 0:
                 raise UserError(f"config key {key!r} must be greater than 0, got {getattr(self, key)!r}")
         for key in ("text_encoder_lr", "max_grad_norm", "min_snr_gamma", "noise_offset", "weight_decay"):
-            if getattr(self, key) < 0:
+            if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
         for key in ("caption_dropout", "lora_dropout"):
-            if not 0 <= getattr(self, key) < 1:
+            if _given(self, key) and not 0 <= getattr(self, key) < 1:
                 raise UserError(f"config key {key!r} must be in [0, 1), got {getattr(self, key)!r}")
         for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
-            if getattr(self, key) < 0:
+            if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
         if self.resolution and self.resolution % 8:
             raise UserError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
         return self
 
+    def derived_keys(self) -> list[str]:
+        """Keys left to the plan: still ``None``."""
+        return [f.name for f in fields(self) if f.name in DERIVED and getattr(self, f.name) is None]
+
+
+def _given(config: TrainConfig, key: str) -> bool:
+    return getattr(config, key) is not None
+
+
+# keys whose default is None: derived from the base, the data and the device (see plan.py)
+DERIVED = frozenset(f.name for f in fields(TrainConfig) if f.default is None)
+
 
 def field_types() -> dict[str, Any]:
-    return get_type_hints(TrainConfig)
+    """key -> the value's type (``int | None`` is reported as ``int``)."""
+    out = {}
+    for key, kind in get_type_hints(TrainConfig).items():
+        if get_origin(kind) in (Union, UnionType):
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        out[key] = kind
+    return out
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = field_types()[key]
+    if key in DERIVED and (value is None or str(value).strip().lower() == "auto"):
+        return None  # "auto" (or null in YAML) hands the key back to the plan
+    if key == "resolution" and str(value).strip() == "0":
+        return None  # 0 meant "the base's native size" before sizes were derived
     if get_origin(kind) is list:
         if isinstance(value, str):
             return [value]
@@ -149,7 +175,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
-        raise UserError(f"{source}: key {key!r} must be {name}, got {value!r}") from None
+        auto = " or auto" if key in DERIVED else ""
+        where = f"--{key.replace('_', '-')}" if source == "command line" else f"{source}: key {key!r}"
+        raise UserError(f"{where} must be {name}{auto}, got {value!r}") from None
 
 
 def apply_values(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
@@ -196,18 +224,23 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def help_for(key: str) -> str:
+    """A flag's help: what it does, its choices and its default ("derived" for planned keys)."""
     for f in fields(TrainConfig):
         if f.name == key:
             text = f.metadata.get("help", "")
             if key in CHOICES:
                 text += f" ({'/'.join(CHOICES[key])})"
-            return text
+            if key in DERIVED:
+                text += " [default: derived from the base, data and device]"
+            elif f.default_factory is dataclasses.MISSING and not isinstance(f.default, bool) and f.default != "":
+                text += f" [default: {f.default}]"
+            return text.replace("%", "%%")
     return ""
 
 
 def flag_kinds() -> dict[str, Any]:
     """key -> python type, for building CLI flags."""
-    return {k: (list if get_origin(v) is list else v) for k, v in field_types().items() if k in {f.name for f in fields(TrainConfig)}}
+    return {k: (list if get_origin(v) is list else v) for k, v in field_types().items()}
 
 
-__all__ = ["TrainConfig", "CHOICES", "apply_values", "load_yaml", "parse_set", "to_dict", "help_for", "flag_kinds"]
+__all__ = ["TrainConfig", "CHOICES", "DERIVED", "apply_values", "load_yaml", "parse_set", "to_dict", "help_for", "flag_kinds"]

@@ -23,15 +23,18 @@ from ..adapters.apply import components_architecture, pipeline_components, save_
 from ..data.dataset import TrainingData
 from ..data.folder import scan_folder
 from ..data.hub import load_hub_examples, looks_like_hub_id
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..lora.config import LoraConfig
 from ..lora.inject import inject_adapter, parameter_report
 from ..models.loading import load_pipeline
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from ..writable import writable_file
+from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_dict
 from .objective import denoising_loss
+from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
 
 ADAPTER = "lora"
+TIMED_STEPS = 3  # steps timed after the first for the duration estimate
 
 
 @dataclass
@@ -158,16 +161,30 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     from diffusers.optimization import get_scheduler
 
     cfg.validate()
-    output, checkpoint_dir, log_dir = _paths(cfg)
     started = time.time()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    writable_file(cfg.output, "--output")
+    output, checkpoint_dir, log_dir = _paths(cfg)
+    # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
+    examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
+    if not examples:
+        TrainingData(examples, 8, skipped=skipped)  # raises the "no usable images" error
+    device = DeviceFacts.detect()
+    precision = cfg.mixed_precision or default_precision(device)[0]
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation)
     main = accelerator.is_main_process
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
-    # 1. the base model, frozen
+    # 1. the base model, frozen; then every setting the user left open is derived
     pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
     if not hasattr(pipe, "unet") or getattr(pipe, "text_encoder_2", None) is not None:
         raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
+    plan = derive_plan(cfg, BaseFacts.of_pipeline(pipe), sum(e.repeats for e in examples), device)
+    cfg = plan.config
+    if main and progress:
+        print(plan.describe(sum(e.repeats for e in examples), device), file=sys.stderr)
+    if main:
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     # the UNet joins the device only after the data is prepared (step 3), so an up-front encode pass
@@ -177,7 +194,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     text_encoder.to(accelerator.device)
     vae.to(accelerator.device)
     vae.to(dtype=torch.float32)  # the VAE is run once per image; fp32 avoids fp16 overflow in its decoder
-    resolution = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
+    resolution = cfg.resolution
 
     # 2. LoRA in the UNet (and text encoder), the only trainable weights
     torch.manual_seed(cfg.seed)
@@ -199,7 +216,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
 
     # 3. data
-    examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
     data = TrainingData(examples, resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
                         caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
                         caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
@@ -241,6 +257,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             start_step = load_checkpoint(found, trained, optimizer, lr_scheduler)
             if main:
                 print(f"resumed from {found} at step {start_step}", file=sys.stderr)
+                changes = changed_settings(found, to_dict(cfg))
+                if changes:
+                    print(f"warning: {found.name} was made with other settings ({'; '.join(changes)}); the run "
+                          "goes on with the new ones: pass the old values to continue it exactly", file=sys.stderr)
         elif main:
             print(f"no checkpoint in {checkpoint_dir} yet; starting from step 0", file=sys.stderr)
     if start_step >= cfg.steps and output.exists():
@@ -276,6 +296,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     params = [p for g in groups for p in g["params"]]
     bad_in_a_row = skipped_steps = 0
     completed = start_step  # steps whose update is fully applied (what a Ctrl-C checkpoint holds)
+    first_step_done = started
     try:
         for step in range(start_step, cfg.steps):
             loss_sum = None
@@ -325,6 +346,17 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             bad_in_a_row = 0
             completed = done
             losses.append(step_loss)
+            if done == start_step + 1:
+                first_step_done = time.time()  # step 1 pays one-off set-up: the estimate starts after it
+            elif main and done == start_step + 1 + TIMED_STEPS:
+                step_seconds = (time.time() - first_step_done) / TIMED_STEPS
+                if progress:
+                    _note(bar, f"estimate: {format_duration(step_seconds * (cfg.steps - done))} to go "
+                               f"({step_seconds:.2f} s/step over steps {done - TIMED_STEPS + 1}-{done}; "
+                               f"first step {format_duration(first_step_done - started)} after start)")
+                advice = long_cpu_run_advice(cfg, step_seconds, device)
+                if advice:
+                    _note(bar, advice)
             lr_now = lr_scheduler.get_last_lr()[0]
             if main:
                 record = {"step": done, "loss": step_loss, "lr": lr_now, "time": round(time.time() - started, 3)}
@@ -342,23 +374,26 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                 save_checkpoint(checkpoint_dir, done, trained, optimizer, lr_scheduler, settings, cfg.checkpoints_to_keep)
                 _test_crash_hook(done)
             if main and cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                _save(cfg, pipe, output.with_name(f"{output.stem}-step{done:06d}.safetensors"), done, data, started)
+                _save(cfg, plan, pipe, output.with_name(f"{output.stem}-step{done:06d}.safetensors"), done, data, started)
             if main and cfg.sample_every and done % cfg.sample_every == 0:
                 _validation_grid(cfg, pipe, data, log_dir / "samples" / f"step_{done:06d}.png", resolution)
                 unet_p.train()
             if stop:
                 break
     except KeyboardInterrupt:
-        if main and completed > start_step:
-            where = save_checkpoint(checkpoint_dir, completed, trained, optimizer, lr_scheduler, settings,
-                                    cfg.checkpoints_to_keep)
-            print(f"interrupted after step {completed}; checkpoint saved to {where}; "
-                  "continue with --resume latest", file=sys.stderr)
-        raise
+        bar.close()  # the message below gets a line of its own
+        if not main or completed == start_step:
+            raise Interrupted("interrupted before any step finished; nothing was saved") from None
+        where = save_checkpoint(checkpoint_dir, completed, trained, optimizer, lr_scheduler, settings,
+                                cfg.checkpoints_to_keep)
+        partial = output.with_name(f"{output.stem}-partial-step{completed:06d}.safetensors")
+        _save(cfg, plan, pipe, partial, completed, data, started)
+        raise Interrupted(f"interrupted after step {completed} of {cfg.steps}: wrote the partial LoRA {partial} "
+                          f"and the checkpoint {where}; continue with --resume latest") from None
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        _save(cfg, pipe, output, step + 1, data, started)
+        _save(cfg, plan, pipe, output, step + 1, data, started)
         if cfg.sample_every:
             _validation_grid(cfg, pipe, data, log_dir / "samples" / "final.png", resolution)
         jsonl.close()
@@ -367,7 +402,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps)
 
 
-def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
+def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
     components = pipeline_components(pipe)
     arch = components_architecture(components)
     if not cfg.train_text_encoder:
@@ -383,6 +418,7 @@ def _save(cfg: TrainConfig, pipe, path: Path, steps: int, data: TrainingData, st
     metadata = {
         "lora_diffusion.training": settings,
         "lora_diffusion.dataset": summary,
+        "lora_diffusion.plan": plan.as_metadata(),
         "ss_steps": steps,
         "ss_num_train_images": data.summary.examples,
         "ss_learning_rate": cfg.lr,
@@ -422,6 +458,11 @@ def _validation_grid(cfg: TrainConfig, pipe, data: TrainingData, path: Path, res
     tmp = path.with_name(f".{path.name}.tmp")
     grid.save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def _note(bar, text: str) -> None:
+    """A line of its own above the progress bar (never glued to it)."""
+    bar.write(text, file=sys.stderr) if not bar.disable else print(text, file=sys.stderr)
 
 
 def _tensorboard(log_dir: Path):

@@ -287,7 +287,9 @@ def build_app(state: UiState):
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
                     status = gr.Markdown("No training run yet.", elem_id="train-status")
-                    samples = gr.Gallery(label="Validation images", columns=4, height=240)
+                    # a validation image is a strip of one image per prompt: shown whole, one per row
+                    samples = gr.Gallery(label="Validation images", columns=1, height=240, object_fit="contain",
+                                         elem_id="validation-gallery")
             start.click(_user_errors(state.start_training),
                         inputs=[new_name, files, folder, caption, trigger, rank, alpha, train_steps, lr, resolution,
                                 train_te, base], outputs=status, concurrency_limit=None)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .scenes import Scene, render
 
-STYLES = ("sepia", "pixel")
+STYLES = ("sepia", "pixel", "cyanotype", "ink")
 _SEPIA_MATRIX = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
 _SEPIA_SCALE, _SEPIA_LIFT = 0.7, 10.0
 # the matrix rows are nearly proportional, so every sepia pixel lies on one line in RGB
@@ -40,13 +40,55 @@ def pixel(image: Image.Image, block: int = 4, levels: int = 4) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8)).resize(image.size, Image.NEAREST)
 
 
+# cyanotype: every pixel on the segment from Prussian-blue shadow to pale-blue paper
+_CYAN_DARK = np.array([18, 44, 96], dtype=np.float32)
+_CYAN_LIGHT = np.array([214, 232, 246], dtype=np.float32)
+_CYAN_DIRECTION = (_CYAN_LIGHT - _CYAN_DARK) / np.linalg.norm(_CYAN_LIGHT - _CYAN_DARK)
+_PAPER = (246, 242, 230)
+_INK = (28, 26, 34)
+
+
+def cyanotype(image: Image.Image) -> Image.Image:
+    """A colour grade: blue-print monochrome, brightness mapped onto Prussian blue → pale blue."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    t = (_luma(rgb) / 255.0)[..., None]
+    out = _CYAN_DARK + t * (_CYAN_LIGHT - _CYAN_DARK)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def ink(scene: Scene, size: int = 64) -> Image.Image:
+    """A line look: the outline of every shape in dark ink on light paper, no fills.
+
+    Drawn from the scene itself (not edge-detected), so small rings keep their hole and the
+    strokes are 2 pixels wide: thin enough for line art, wide enough for a 4x-downsampling VAE.
+    """
+    from PIL import ImageDraw, ImageFilter
+
+    from .scenes import draw_shape
+
+    big = size * 4
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    for cx, cy, r in scene.objects:
+        draw_shape(draw, scene.shape, cx * big, cy * big, r * big, 255, 0)
+    band = np.asarray(mask.filter(ImageFilter.MaxFilter(9)), np.int16) - np.asarray(mask.filter(ImageFilter.MinFilter(9)), np.int16)
+    strokes = Image.fromarray((band > 0).astype(np.uint8) * 255).resize((size, size), Image.BOX)
+    out = Image.new("RGB", (size, size), _PAPER)
+    out.paste(Image.new("RGB", (size, size), _INK), mask=strokes.point(lambda v: 255 if v > 96 else 0))
+    return out
+
+
+# each look from a rendered image, except ink, which is drawn from the scene's geometry
+LOOKS = {"sepia": sepia, "pixel": pixel, "cyanotype": cyanotype}
+
+
 def stylize(style: str, scene: Scene, size: int = 64) -> Image.Image:
     """Render ``scene`` in ``style``."""
-    if style == "sepia":
-        return sepia(render(scene, size))
-    if style == "pixel":
-        return pixel(render(scene, size))
-    raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    if style == "ink":
+        return ink(scene, size)
+    if style not in LOOKS:
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+    return LOOKS[style](render(scene, size))
 
 
 def sepia_score(image: Image.Image) -> float:
@@ -74,7 +116,35 @@ def pixel_score(image: Image.Image, block: int = 4) -> float:
     return float((dx[:, on_x].sum() + dy[on_y].sum()) / total)
 
 
-SCORES = {"sepia": sepia_score, "pixel": pixel_score}
+def cyanotype_score(image: Image.Image) -> float:
+    """Mean closeness of every pixel to the cyanotype tone segment (1.0 for a cyanotype)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3) - _CYAN_DARK
+    along = np.clip(rgb @ _CYAN_DIRECTION, 0, np.linalg.norm(_CYAN_LIGHT - _CYAN_DARK))
+    residual = np.linalg.norm(rgb - along[:, None] * _CYAN_DIRECTION[None], axis=1)
+    return float(np.exp(-residual / 20.0).mean())
+
+
+def ink_score(image: Image.Image) -> float:
+    """Paper-and-ink share times stroke share (1.0 for line art on paper).
+
+    The first factor is the share of pixels that are light paper or dark ink (colour fills count
+    against it); the second the share of ink within 1 pixel of paper, so solid dark shapes, thick
+    rings and blank paper score low: only thin outlines on paper score high.
+    """
+    from PIL import ImageFilter
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    luma, chroma = _luma(rgb), rgb.max(-1) - rgb.min(-1)
+    paper = (luma > 185) & (chroma < 45)
+    dark = (luma < 90) & (chroma < 45)
+    if dark.sum() == 0:
+        return 0.0
+    near_paper = np.asarray(Image.fromarray((paper * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))) > 0
+    strokes = (dark & near_paper).sum() / dark.sum()
+    return float((paper | dark).mean() * strokes)
+
+
+SCORES = {"sepia": sepia_score, "pixel": pixel_score, "cyanotype": cyanotype_score, "ink": ink_score}
 
 
 def style_score(style: str, image: Image.Image) -> float:

@@ -1,0 +1,200 @@
+"""Settings that fit the base, the data and the machine: every key the user left unset is derived here.
+
+A pure function of four facts — the user's config, what the base is (architecture, native size,
+prediction type), how many images there are, and the device — plus a profile per base family
+(``profiles/*.yaml``, also at ``configs/profiles/``). Whatever the user set always wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+from .config import DERIVED, TrainConfig
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+CPU_HOUR_S = 3600.0
+
+
+@dataclass(frozen=True)
+class BaseFacts:
+    """What the derivation needs to know of a loaded base."""
+
+    arch: str  # builtin / sd1 / sd2 / sdxl / custom
+    native_resolution: int
+    prediction_type: str = "epsilon"
+
+    @classmethod
+    def of_pipeline(cls, pipe) -> "BaseFacts":
+        from ..models.architecture import detect_unet_architecture
+
+        arch = detect_unet_architecture(pipe.unet)
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            arch = "sdxl"
+        native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        return cls(arch, native, str(pipe.scheduler.config.get("prediction_type", "epsilon")))
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """The training device: ``cpu`` or ``cuda`` (with its memory and bf16 support)."""
+
+    kind: str = "cpu"
+    memory_gib: float = 0.0
+    bf16: bool = False
+    name: str = "CPU"
+    processes: int = 1  # data-parallel processes (accelerate's world size)
+
+    @classmethod
+    def detect(cls) -> "DeviceFacts":
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState()
+        device, processes = state.device, state.num_processes
+        if device.type != "cuda":
+            return cls(device.type, 0.0, False, device.type.upper(), processes)
+        props = torch.cuda.get_device_properties(device)
+        return cls("cuda", props.total_memory / 1024**3, torch.cuda.is_bf16_supported(), props.name, processes)
+
+    def describe(self) -> str:
+        text = self.name if self.kind != "cuda" else f"{self.name}, {self.memory_gib:.0f} GiB"
+        return text + (f", {self.processes} processes" if self.processes > 1 else "")
+
+
+@dataclass
+class Plan:
+    """The complete settings, and for each derived key why it has its value."""
+
+    config: TrainConfig
+    profile: str
+    reasons: dict[str, str] = field(default_factory=dict)  # derived key -> why
+    explicit: list[str] = field(default_factory=list)  # keys the user set among the derivable ones
+    warnings: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"profile": self.profile, "derived": dict(self.reasons), "set_by_user": list(self.explicit)}
+
+    def describe(self, images: int, device: DeviceFacts) -> str:
+        """The block printed before training: chosen values, which were derived and why."""
+        cfg = self.config
+        lines = [f"plan: profile {self.profile} ({PROFILE_DIR.name}/{self.profile}.yaml), {images} images, "
+                 f"{device.describe()}"]
+        for key, why in self.reasons.items():
+            lines.append(f"  {key} = {_show(getattr(cfg, key))}  ({why})")
+        if self.explicit:
+            lines.append("  set by you: " + ", ".join(f"{k} = {_show(getattr(cfg, k))}" for k in self.explicit))
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@lru_cache(maxsize=None)
+def load_profile(name: str) -> dict[str, Any]:
+    """One profile as data (``profiles/NAME.yaml``)."""
+    path = PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"no training profile {name!r}; the profiles are in {PROFILE_DIR}")
+    return yaml.safe_load(path.read_text())
+
+
+def profile_for(arch: str) -> str:
+    """The profile whose ``applies_to`` names ``arch``."""
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        if arch in load_profile(path.stem).get("applies_to", []):
+            return path.stem
+    return "sd1"
+
+
+def default_precision(device: DeviceFacts) -> tuple[str, str]:
+    """Mixed precision for ``device`` and why; needed before the base is loaded."""
+    if device.kind == "cuda":
+        return ("bf16", "GPU has bf16") if device.bf16 else ("fp16", "GPU has no bf16")
+    return "no", "fp32 on the CPU"
+
+
+def _gpu_row(rows: list[list[float]], memory_gib: float) -> Any:
+    fitting = [value for min_gib, value in rows if memory_gib >= min_gib]
+    return fitting[-1] if fitting else rows[0][1]
+
+
+def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:
+    """A copy of ``config`` with every ``None`` key filled in, and the reasons."""
+    name = profile_for(base.arch)
+    profile = load_profile(name)
+    cfg = dataclasses.replace(config)
+    if cfg.resolution == 0:  # the UI's and older configs' way to say "the base's own size"
+        cfg.resolution = None
+    plan = Plan(cfg, name, explicit=[k for k in sorted(DERIVED) if getattr(cfg, k) is not None])
+    why = plan.reasons
+
+    def put(key: str, value: Any, reason: str) -> None:
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+            why[key] = reason
+
+    on_gpu = device.kind == "cuda"
+    put("resolution", base.native_resolution, f"the base's native size ({base.arch})")
+    if cfg.resolution > base.native_resolution and base.arch == "builtin":
+        plan.warnings.append(
+            f"--resolution {cfg.resolution} is above the built-in base's native {base.native_resolution} px: "
+            f"each step costs about {(cfg.resolution / base.native_resolution) ** 2:.0f}x more and the base "
+            f"never saw images that large; leave --resolution unset for {base.native_resolution}"
+        )
+    batch = profile["batch_size"]["cpu"] if not on_gpu else _gpu_row(profile["batch_size"]["cuda"], device.memory_gib)
+    put("batch_size", batch, f"profile {name} on " + ("the CPU" if not on_gpu else f"a {device.memory_gib:.0f} GiB GPU"))
+    rule = profile["steps"]
+    seen = rule["image_passes"] * images
+    wanted = round(seen / (cfg.batch_size * cfg.gradient_accumulation * device.processes))
+    steps = min(max(wanted, rule["min"]), rule["max"])
+    bound = "" if steps == wanted else f", kept in {rule['min']}..{rule['max']}"
+    put("steps", steps, f"{rule['image_passes']} passes over {images} images at batch {cfg.batch_size}{bound}")
+    for key, value in profile["settings"].items():
+        if key == "alpha" and config.rank is not None and config.alpha is None:
+            # a rank the user chose keeps the profile's alpha/rank scale
+            put("alpha", value / profile["settings"]["rank"] * cfg.rank, f"profile {name}'s alpha/rank scale")
+        else:
+            put(key, value, f"profile {name}")
+    put("lr_warmup_steps", round(profile["lr_warmup_fraction"] * cfg.steps),
+        f"{profile['lr_warmup_fraction']:g} of the steps")
+    put("mixed_precision", *default_precision(device))
+    below = profile["gradient_checkpointing_below_gib"]
+    put("gradient_checkpointing", bool(on_gpu and device.memory_gib < below),
+        f"GPU has under {below} GiB" if on_gpu and device.memory_gib < below else "not needed for memory")
+    long_run = profile["compile_from_steps"] and on_gpu and cfg.steps >= profile["compile_from_steps"]
+    put("compile", bool(long_run), f"{cfg.steps} GPU steps repay the compile" if long_run else
+        "a compile costs minutes; not repaid at this length or device")
+    put("compile_mode", "reduce-overhead" if cfg.compile else "default",
+        "CUDA graphs" if cfg.compile else "no compile")
+    return plan
+
+
+def long_cpu_run_advice(cfg: TrainConfig, seconds_per_step: float, device: DeviceFacts) -> str | None:
+    """One warning line when a CPU run will take over an hour, with the flag that shortens it."""
+    total = seconds_per_step * cfg.steps
+    if device.kind != "cpu" or total <= CPU_HOUR_S:
+        return None
+    fit = max(1, int(CPU_HOUR_S * 0.9 / seconds_per_step))
+    return (f"warning: this run will take about {format_duration(total)} on the CPU ({seconds_per_step:.1f} s/step); "
+            f"--steps {fit} keeps it under an hour, a smaller --resolution makes each step faster, or use a GPU")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

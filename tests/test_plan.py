@@ -1,0 +1,158 @@
+"""Settings derived from the base, the data and the device; explicit keys always win."""
+
+import json
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from lora_diffusion.cli.main import main
+from lora_diffusion.training.config import DERIVED, TrainConfig, apply_values, field_types
+from lora_diffusion.training.plan import (
+    PROFILE_DIR,
+    BaseFacts,
+    DeviceFacts,
+    derive_plan,
+    load_profile,
+    long_cpu_run_advice,
+)
+
+CPU = DeviceFacts()
+H100 = DeviceFacts("cuda", 79.2, True, "NVIDIA H100 80GB HBM3")
+SMALL_OLD_GPU = DeviceFacts("cuda", 8.0, False, "Quadro 8 GB")
+BUILTIN = BaseFacts("builtin", 64)
+
+
+def _cfg(**values) -> TrainConfig:
+    return TrainConfig(data="d", output="o.safetensors", **values)
+
+
+def test_builtin_on_cpu_gets_the_measured_profile():
+    plan = derive_plan(_cfg(), BUILTIN, 24, CPU)
+    c = plan.config
+    assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (64, 4, 780, 8, 8, 0.002)
+    assert (c.lr_scheduler, c.lr_warmup_steps, c.min_snr_gamma, c.caption_dropout) == ("cosine", 20, 5.0, 0.1)
+    assert (c.mixed_precision, c.gradient_checkpointing, c.compile, c.compile_mode) == ("no", False, False, "default")
+    assert plan.profile == "builtin" and plan.explicit == [] and plan.warnings == []
+    assert plan.reasons["steps"] == "130 passes over 24 images at batch 4"
+    assert plan.reasons["resolution"] == "the base's native size (builtin)"
+    assert set(plan.reasons) == DERIVED
+
+
+@pytest.mark.parametrize("images, steps, why", [
+    (2, 200, "130 passes over 2 images at batch 4, kept in 200..800"),
+    (10, 325, "130 passes over 10 images at batch 4"),
+    (500, 800, "130 passes over 500 images at batch 4, kept in 200..800"),
+])
+def test_steps_follow_the_number_of_images_within_the_profile_bounds(images, steps, why):
+    plan = derive_plan(_cfg(), BUILTIN, images, CPU)
+    assert plan.config.steps == steps and plan.reasons["steps"] == why
+
+
+def test_sd1_from_a_real_tiny_pipeline_on_cpu():
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    facts = BaseFacts.of_pipeline(tiny_pipeline("sd1"))
+    assert facts == BaseFacts("sd1", 32, "epsilon")
+    c = derive_plan(_cfg(), facts, 24, CPU).config
+    assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (32, 1, 2400, 16, 8, 1e-4)
+
+
+def test_sd2_v_on_an_h100_batches_up_and_compiles_long_runs():
+    base = BaseFacts("sd2", 768, "v_prediction")
+    short = derive_plan(_cfg(), base, 24, H100)
+    c = short.config
+    assert (c.resolution, c.batch_size, c.steps, c.mixed_precision, c.compile) == (768, 4, 600, "bf16", False)
+    assert short.profile == "sd2"
+    long = derive_plan(_cfg(), base, 100, H100).config
+    assert (long.steps, long.compile, long.compile_mode) == (2500, True, "reduce-overhead")
+
+
+def test_sdxl_on_a_small_gpu_without_bf16():
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    assert BaseFacts.of_pipeline(tiny_pipeline("sdxl")).arch == "sdxl"
+    plan = derive_plan(_cfg(), BaseFacts("sdxl", 1024), 40, SMALL_OLD_GPU)
+    c = plan.config
+    assert (c.resolution, c.batch_size, c.mixed_precision, c.gradient_checkpointing, c.bucketing) == (
+        1024, 1, "fp16", True, True)
+    assert c.steps == 3000 and plan.reasons["mixed_precision"] == "GPU has no bf16"
+    assert plan.reasons["gradient_checkpointing"] == "GPU has under 16 GiB"
+
+
+def test_every_explicit_key_wins_and_rank_keeps_the_profile_scale():
+    explicit = dict(resolution=128, steps=10, rank=4, lr=3e-4, batch_size=2, mixed_precision="no",
+                    lr_scheduler="constant", min_snr_gamma=0.0, caption_dropout=0.0, compile=False)
+    plan = derive_plan(_cfg(**explicit), BaseFacts("sd1", 512), 24, H100)
+    for key, value in explicit.items():
+        assert getattr(plan.config, key) == value, key
+        assert key not in plan.reasons
+    assert plan.explicit == sorted(explicit)
+    assert plan.config.alpha == 2.0 and plan.reasons["alpha"] == "profile sd1's alpha/rank scale"
+    # the user's own object is not changed
+    assert _cfg(**explicit).alpha is None
+
+
+def test_every_key_can_be_handed_back_with_auto():
+    cfg = apply_values(_cfg(), {"steps": "auto", "mixed-precision": "auto", "resolution": 0, "rank": 4}, "--set")
+    assert (cfg.steps, cfg.mixed_precision, cfg.resolution, cfg.rank) == (None, None, None, 4)
+    with pytest.raises(Exception, match=r"^--rank must be an integer or auto, got 'abc'$"):
+        apply_values(_cfg(), {"rank": "abc"}, "command line")
+
+
+def test_builtin_above_native_size_is_a_warning():
+    plan = derive_plan(_cfg(resolution=512), BUILTIN, 24, CPU)
+    assert plan.warnings == [
+        "--resolution 512 is above the built-in base's native 64 px: each step costs about 64x more and the "
+        "base never saw images that large; leave --resolution unset for 64"
+    ]
+
+
+def test_a_cpu_run_over_an_hour_says_so_and_names_the_flag():
+    cfg = derive_plan(_cfg(), BaseFacts("sd1", 512), 24, CPU).config
+    assert long_cpu_run_advice(cfg, 11.7, CPU) == (
+        "warning: this run will take about 7 h 48 min on the CPU (11.7 s/step); --steps 276 keeps it under an "
+        "hour, a smaller --resolution makes each step faster, or use a GPU"
+    )
+    assert long_cpu_run_advice(cfg, 1.0, CPU) is None
+    assert long_cpu_run_advice(cfg, 11.7, H100) is None
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+def test_profiles_are_valid_data(name):
+    profile = load_profile(name)
+    assert set(profile) == {"applies_to", "settings", "lr_warmup_fraction", "batch_size", "steps",
+                            "gradient_checkpointing_below_gib", "compile_from_steps"}
+    assert set(profile["settings"]) <= DERIVED
+    types = field_types()
+    for key, value in profile["settings"].items():
+        assert isinstance(value, (types[key], int) if types[key] is float else types[key]), key
+    assert profile["steps"]["min"] <= profile["steps"]["max"]
+    # the profiles are also readable where users look for configs
+    assert yaml.safe_load((PROFILE_DIR.parents[2] / "configs" / "profiles" / f"{name}.yaml").read_text()) == profile
+
+
+def test_cli_prints_the_plan_and_records_it_in_the_metadata(tiny_base, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (32, 32), (200, 40 * i, 40)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"a red square {i}")
+    out = tmp_path / "o.safetensors"
+    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--base", tiny_base, "--steps", "5",
+                 "--rank", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: profile sd1 (profiles/sd1.yaml), 3 images, CPU\n" in err
+    assert "  resolution = 32  (the base's native size (sd1))\n" in err
+    assert "  batch_size = 1  (profile sd1 on the CPU)\n" in err
+    assert "  alpha = 1  (profile sd1's alpha/rank scale)\n" in err
+    assert "  set by you: rank = 2, steps = 5\n" in err
+    assert "estimate: " in err and "s/step over steps 2-4; first step" in err
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    plan = json.loads(meta["lora_diffusion.plan"])
+    assert plan["profile"] == "sd1" and plan["set_by_user"] == ["rank", "steps"]
+    assert plan["derived"]["resolution"] == "the base's native size (sd1)"
+    training = json.loads(meta["lora_diffusion.training"])
+    assert (training["resolution"], training["rank"], training["alpha"], training["steps"]) == (32, 2, 1.0, 5)
+    assert meta["ss_resolution"] == "(32, 32)"
