@@ -2,11 +2,13 @@
 
     python3 benchmarks/style_defaults_cpu.py                      # every folder in examples/styles
     python3 benchmarks/style_defaults_cpu.py --styles sepia ink --train-args "--steps 400"
+    python3 benchmarks/style_defaults_cpu.py --compare-args "--lr 0.001 --steps 800"   # side by side
 
 For each folder: `lora-diffusion train --data examples/styles/STYLE --output ...` in a fresh
 process (wall time from process start to the file written, and the trainer's own time to the first
 step), then the same held-out prompts generated at LoRA weight 0 and 1 (seed 0, 20 steps, CFG 5)
-and the style score of each (``lora_diffusion.world.styles``). Prints a Markdown table.
+and the style score of each (``lora_diffusion.world.styles``). With ``--compare-args`` every folder
+is trained a second time with those flags and its gain is shown beside. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def train_once(style: str, out: Path, extra: list[str]) -> dict:
         sys.exit(f"{style}: training failed: {done.stderr.strip().splitlines()[-1]}")
     log = done.stderr.replace("\r", "\n")
     first = re.search(r"first step (\d+) s after start", log)
-    steps = re.search(r"steps = (\d+)", log) or re.search(r"after (\d+) steps", done.stdout)
+    steps = re.search(r"\bsteps = (\d+)", log) or re.search(r"after (\d+) steps", done.stdout)
     return {"wall": wall, "first_step": float(first.group(1)) if first else float("nan"),
             "steps": int(steps.group(1)) if steps else 0}
 
@@ -67,8 +69,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
-    parser.add_argument("--prompts", type=int, default=16, help="held-out prompts per weight")
+    parser.add_argument("--prompts", type=int, default=48, help="held-out prompts per weight")
     parser.add_argument("--train-args", default="", help="extra flags for lora-diffusion train")
+    parser.add_argument("--compare-args", default="", help="flags of a second run per folder, shown beside")
     parser.add_argument("--out", default="", help="folder for the adapters (default: a temporary one)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="style-defaults-"))
@@ -80,15 +83,22 @@ def main() -> None:
         adapter = out / f"{style}.safetensors"
         run = train_once(style, adapter, shlex.split(args.train_args))
         before, after = style_scores(adapter, style, prompts)
-        rows.append((style, run, before, after))
+        other = None
+        if args.compare_args:
+            train_once(style, out / f"{style}-compare.safetensors", shlex.split(args.compare_args))
+            other = style_scores(out / f"{style}-compare.safetensors", style, prompts)
+        rows.append((style, run, before, after, other))
         print(f"{style}: {run['steps']} steps, wall {run['wall']:.0f} s (first step {run['first_step']:.0f} s), "
-              f"style score {before:.3f} -> {after:.3f} (gain {after - before:+.3f})", flush=True)
-    print(f"\n`{command.strip()}` ({len(prompts)} held-out prompts, seed 0, 20 steps, CFG 5)\n")
-    print("| style | steps | wall (start → file) | first step after | score at weight 0 | at weight 1 | gain |")
-    print("|---|---|---|---|---|---|---|")
-    for style, run, before, after in rows:
+              f"style score {before:.3f} -> {after:.3f} (gain {after - before:+.3f})"
+              + (f"; compared run gain {other[1] - other[0]:+.3f}" if other else ""), flush=True)
+    print(f"\n`{command.strip()}` ({len(prompts)} held-out prompts, seed 0, 20 steps, CFG 5)"
+          + (f"; compared: `{args.compare_args}`" if args.compare_args else "") + "\n")
+    extra = " compared run's gain |" if args.compare_args else ""
+    print("| style | steps | wall (start → file) | first step after | score at weight 0 | at weight 1 | gain |" + extra)
+    print("|---|---|---|---|---|---|---|" + ("---|" if extra else ""))
+    for style, run, before, after, other in rows:
         print(f"| {style} | {run['steps']} | {run['wall']:.0f} s | {run['first_step']:.0f} s | {before:.3f} | "
-              f"{after:.3f} | {after - before:+.3f} |")
+              f"{after:.3f} | {after - before:+.3f} |" + (f" {other[1] - other[0]:+.3f} |" if other else ""))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from .errors import UserError
 
 def _folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot be written to (created first if missing), or None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="quickstart-output", help="folder for the adapter, logs and the comparison grid")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"), help="training config")
     parser.add_argument("--data", default=str(REPO / "examples" / "styles" / "sepia"), help="style image folder")
-    parser.add_argument("--style", default="sepia", help="style score to report (sepia or pixel)")
+    parser.add_argument("--style", default="sepia", help="style score to report (sepia, pixel, cyanotype or ink)")
     parser.add_argument("--prompts", type=int, default=6, help="prompts in the comparison grid")
     parser.set_defaults(run=run)
     return parser

@@ -380,6 +380,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                 unet_p.train()
             if stop:
                 break
+            _test_interrupt_hook(done)
     except KeyboardInterrupt:
         bar.close()  # the message below gets a line of its own
         if not main or completed == start_step:
@@ -477,6 +478,12 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _test_interrupt_hook(step: int) -> None:
+    # Tests simulate Ctrl-C right after a step, in a real CLI process.
+    if os.environ.get("LORA_DIFFUSION_TEST_INTERRUPT_AT_STEP") == str(step):
+        raise KeyboardInterrupt
 
 
 def _test_crash_hook(step: int) -> None:

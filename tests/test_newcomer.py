@@ -1,0 +1,130 @@
+"""What a new user sees on common mistakes: one line naming the real mistake, before any model loads."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from lora_diffusion.cli.main import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")
+
+
+def test_a_bad_lora_weight_names_the_weight_not_the_file(tmp_path, capsys):
+    lora = tmp_path / "my_style.safetensors"
+    lora.write_bytes(b"not read: the spec is checked first")
+    assert main(["generate", "x", "--lora", f"{lora}:abc", "--out", str(tmp_path / "o")]) == 2
+    assert _error_line(capsys) == (
+        f"error: --lora '{lora}:abc': the weight 'abc' is not a number; write FILE:WEIGHT, e.g. {lora}:0.8")
+
+
+def test_a_missing_lora_file_is_named_before_the_base_loads(tmp_path, capsys, monkeypatch):
+    import lora_diffusion.generation.engine as engine
+
+    monkeypatch.setattr(engine, "load_pipeline", lambda *a, **k: pytest.fail("the base was loaded"))
+    assert main(["generate", "x", "--lora", "nope.safetensors:0.5", "--out", str(tmp_path)]) == 2
+    assert _error_line(capsys) == "error: --lora nope.safetensors: file not found; check the path"
+
+
+def test_a_missing_data_folder_with_a_slash_is_a_folder_error_not_a_hub_id(tmp_path, capsys, monkeypatch):
+    import lora_diffusion.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "load_pipeline", lambda *a, **k: pytest.fail("the base was loaded"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "my_imgs/", "--output", "o.safetensors"]) == 2
+    assert _error_line(capsys) == "error: data folder not found: my_imgs/; pass --data with a folder of images"
+
+
+def test_a_misspelled_flag_names_the_command_and_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["train", "--data", "d", "--ouptut", "o.safetensors"])
+    assert code.value.code == 2
+    assert _error_line(capsys) == (
+        "error: lora-diffusion train: unknown flag --ouptut (did you mean --output?); see 'lora-diffusion train --help'")
+
+
+def test_a_missing_argument_is_one_line_with_the_commands_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate"])
+    assert _error_line(capsys) == (
+        "error: lora-diffusion generate: the following arguments are required: PROMPT; "
+        "see 'lora-diffusion generate --help'")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["generate", "x", "--out", "{blocker}/pngs"], "--out"),
+    (["train", "--data", "{data}", "--output", "{blocker}/s.safetensors"], "--output"),
+])
+def test_an_unusable_output_path_names_the_flag(argv, flag, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder would have to be")
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "0.png")
+    (data / "0.txt").write_text("a caption")
+    argv = [a.format(blocker=blocker, data=data) for a in argv]
+    assert main(argv) == 2
+    target = argv[argv.index(flag) + 1]
+    problem = f"{blocker} is a file, not a folder" if flag == "--output" else f"cannot create {target} (Not a directory)"
+    assert _error_line(capsys) == f"error: {flag} {target}: {problem}; choose a folder you can write to"
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("denoising steps (default: 20)", "(CFG) (default: 5.0)", "Karras, UniPC (default: DPM++ 2M)",
+                     "image width (default: the base's native size, 64 for the built-in base)"):
+        assert expected in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--steps STEPS optimizer steps (derived: image passes × images / batch size) "
+                     "[default: derived from the base, data and device]",
+                     "--seed SEED seed for data order, noise and initialisation [default: 0]",
+                     "(adamw/adamw8bit) [default: adamw]",
+                     "(0: none; Ctrl-C still saves one) [default: 0]"):
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_adapters_get_the_umask_permissions(umask, mode, tmp_path, sd1):
+    from lora_diffusion import LoraConfig, inject_adapter, save_adapter
+
+    inject_adapter(sd1["unet"], "a", LoraConfig(rank=2))
+    old = os.umask(umask)
+    try:
+        path = save_adapter(tmp_path / "a.safetensors", sd1, "a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+
+
+def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings(tmp_path, tiny_base):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (50 * i, 90, 160)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"picture {i}")
+    out = tmp_path / "s.safetensors"
+    common = [sys.executable, "-m", "lora_diffusion.cli.main", "train", "--base", tiny_base, "--data", str(data),
+              "--output", str(out), "--steps", "6", "--batch-size", "2"]
+    env = dict(os.environ, LORA_DIFFUSION_TEST_INTERRUPT_AT_STEP="3")
+    cut = subprocess.run(common + ["--resolution", "32"], capture_output=True, text=True, env=env)
+    assert cut.returncode == 130, cut.stderr
+    last = cut.stderr.replace("\r", "\n").rstrip("\n").split("\n")[-1]
+    assert last == (f"interrupted after step 3 of 6: wrote the partial LoRA {tmp_path / 's-partial-step000003.safetensors'}"
+                    f" and the checkpoint {tmp_path / 's-checkpoints' / 'checkpoint-000003'}; continue with --resume latest")
+    assert "error" not in cut.stderr
+    resumed = subprocess.run(common + ["--resolution", "16", "--resume", "latest"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ("warning: checkpoint-000003 was made with other settings (resolution 32 → 16); the run goes on with "
+            "the new ones: pass the old values to continue it exactly") in resumed.stderr
+    assert out.is_file()
