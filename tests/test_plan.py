@@ -1,6 +1,7 @@
 """Settings derived from the base, the data and the device; explicit keys always win."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -139,20 +140,21 @@ def test_cli_prints_the_plan_and_records_it_in_the_metadata(tiny_base, tmp_path,
         Image.new("RGB", (32, 32), (200, 40 * i, 40)).save(tmp_path / f"{i}.png")
         (tmp_path / f"{i}.txt").write_text(f"a red square {i}")
     out = tmp_path / "o.safetensors"
-    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--base", tiny_base, "--steps", "5",
+    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--base", tiny_base, "--steps", "30",
                  "--rank", "2"]) == 0
     err = capsys.readouterr().err
     assert "plan: profile sd1 (profiles/sd1.yaml), 3 images, CPU\n" in err
     assert "  resolution = 32  (the base's native size (sd1))\n" in err
     assert "  batch_size = 1  (profile sd1 on the CPU)\n" in err
     assert "  alpha = 1  (profile sd1's alpha/rank scale)\n" in err
-    assert "  set by you: rank = 2, steps = 5\n" in err
-    assert "estimate: " in err and "s/step over steps 2-4; first step" in err
+    assert "  set by you: rank = 2, steps = 30\n" in err
+    # after 3 untimed warm-up steps, at least 3 timed steps and 5 s, or 20 steps
+    assert re.search(r"\nestimate: \d+ s to go \(\d\.\d\d s/step over steps 4-(\d+); first step \d+ s after start\)\n", err)
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     plan = json.loads(meta["lora_diffusion.plan"])
     assert plan["profile"] == "sd1" and plan["set_by_user"] == ["rank", "steps"]
     assert plan["derived"]["resolution"] == "the base's native size (sd1)"
     training = json.loads(meta["lora_diffusion.training"])
-    assert (training["resolution"], training["rank"], training["alpha"], training["steps"]) == (32, 2, 1.0, 5)
+    assert (training["resolution"], training["rank"], training["alpha"], training["steps"]) == (32, 2, 1.0, 30)
     assert meta["ss_resolution"] == "(32, 32)"

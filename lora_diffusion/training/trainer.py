@@ -34,7 +34,7 @@ from .objective import denoising_loss
 from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
 
 ADAPTER = "lora"
-TIMED_STEPS = 3  # steps timed after the first for the duration estimate
+UNTIMED_STEPS = 3  # warm-up steps left out of the duration estimate
 
 
 @dataclass
@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     params = [p for g in groups for p in g["params"]]
     bad_in_a_row = skipped_steps = 0
     completed = start_step  # steps whose update is fully applied (what a Ctrl-C checkpoint holds)
-    first_step_done = started
+    first_step_done, timed_from, estimate_due = started, None, True
     try:
         for step in range(start_step, cfg.steps):
             loss_sum = None
@@ -347,16 +347,21 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             completed = done
             losses.append(step_loss)
             if done == start_step + 1:
-                first_step_done = time.time()  # step 1 pays one-off set-up: the estimate starts after it
-            elif main and done == start_step + 1 + TIMED_STEPS:
-                step_seconds = (time.time() - first_step_done) / TIMED_STEPS
-                if progress:
-                    _note(bar, f"estimate: {format_duration(step_seconds * (cfg.steps - done))} to go "
-                               f"({step_seconds:.2f} s/step over steps {done - TIMED_STEPS + 1}-{done}; "
-                               f"first step {format_duration(first_step_done - started)} after start)")
-                advice = long_cpu_run_advice(cfg, step_seconds, device)
-                if advice:
-                    _note(bar, advice)
+                first_step_done = time.time()
+            if done == start_step + UNTIMED_STEPS:
+                timed_from = (done, time.time())  # lazy set-up, autotuning and allocator growth are over
+            elif main and estimate_due and timed_from and done > timed_from[0]:
+                timed, seconds = done - timed_from[0], time.time() - timed_from[1]
+                if (timed >= 3 and seconds >= 5) or timed >= 20:
+                    estimate_due = False
+                    step_seconds = seconds / timed
+                    if progress:
+                        _note(bar, f"estimate: {format_duration(step_seconds * (cfg.steps - done))} to go "
+                                   f"({step_seconds:.2f} s/step over steps {timed_from[0] + 1}-{done}; "
+                                   f"first step {format_duration(first_step_done - started)} after start)")
+                    advice = long_cpu_run_advice(cfg, step_seconds, device)
+                    if advice:
+                        _note(bar, advice)
             lr_now = lr_scheduler.get_last_lr()[0]
             if main:
                 record = {"step": done, "loss": step_loss, "lr": lr_now, "time": round(time.time() - started, 3)}
