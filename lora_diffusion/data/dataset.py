@@ -71,15 +71,20 @@ def bucket_sizes(resolution: int, step: int = 64, max_ratio: float = 2.0) -> lis
     return sorted(sizes)
 
 
+def require_examples(examples: list[Example], skipped=None) -> None:
+    """Raise the one-line error for a folder with no usable image, naming the first reasons."""
+    if not examples:
+        reasons = "; ".join(f"{p}: {r}" for p, r in (skipped or [])[:3])
+        raise UserError("no usable images in the data folder" + (f" ({reasons})" if reasons else "") + "; add images with captions")
+
+
 class TrainingData:
     """The expanded example list and how to turn one example into a training sample."""
 
     def __init__(self, examples: list[Example], resolution: int, *, crop: str = "center", flip: bool = False,
                  bucketing: bool = False, caption_shuffle: bool = False, keep_tokens: int = 1,
                  caption_dropout: float = 0.0, seed: int = 0, skipped=None):
-        if not examples:
-            reasons = "; ".join(f"{p}: {r}" for p, r in (skipped or [])[:3])
-            raise UserError("no usable images in the data folder" + (f" ({reasons})" if reasons else "") + "; add images with captions")
+        require_examples(examples, skipped)
         self.items = [e for e in examples for _ in range(e.repeats)]
         self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
         self.caption_shuffle, self.keep_tokens, self.caption_dropout = caption_shuffle, keep_tokens, caption_dropout

@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..adapters.apply import components_architecture, pipeline_components, save_adapter
-from ..data.dataset import TrainingData
+from ..data.dataset import TrainingData, require_examples
 from ..data.folder import scan_folder
 from ..data.hub import load_hub_examples, looks_like_hub_id
 from ..errors import Interrupted, UserError
@@ -166,8 +166,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     output, checkpoint_dir, log_dir = _paths(cfg)
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
     examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
-    if not examples:
-        TrainingData(examples, 8, skipped=skipped)  # raises the "no usable images" error
+    require_examples(examples, skipped)
+    images = sum(e.repeats for e in examples)
     device = DeviceFacts.detect()
     precision = cfg.mixed_precision or default_precision(device)[0]
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation)
@@ -178,10 +178,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
     if not hasattr(pipe, "unet") or getattr(pipe, "text_encoder_2", None) is not None:
         raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
-    plan = derive_plan(cfg, BaseFacts.of_pipeline(pipe), sum(e.repeats for e in examples), device)
+    plan = derive_plan(cfg, BaseFacts.of_pipeline(pipe), images, device)
     cfg = plan.config
     if main and progress:
-        print(plan.describe(sum(e.repeats for e in examples), device), file=sys.stderr)
+        print(plan.describe(images, device), file=sys.stderr)
     if main:
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
