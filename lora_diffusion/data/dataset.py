@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .folder import Example
-from .images import BadImage, open_rgb
+from .images import BadImage, displayed_size, open_rgb
 
 
 @dataclass
@@ -24,6 +24,30 @@ class Sample:
     index: int  # position in the expanded example list (cache key)
     pixels: torch.Tensor  # 3×H×W in [-1, 1]
     caption: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a training image came from, as SDXL's size conditioning reads it: sizes are
+    (height, width); the crop offset (top, left) is in the resized image."""
+
+    original: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    target: tuple[int, int]
+
+    def time_ids(self) -> list[int]:
+        """SDXL's ``add_time_ids`` row: original size, crop top-left, target size."""
+        return [*self.original, *self.crop_top_left, *self.target]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one image becomes one sample: resized to ``resized`` (w, h), cropped at (left, top), flipped or not."""
+
+    resized: tuple[int, int]
+    left: int
+    top: int
+    flipped: bool
 
 
 @dataclass
@@ -89,6 +113,7 @@ class TrainingData:
         self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
         self.caption_shuffle, self.keep_tokens, self.caption_dropout = caption_shuffle, keep_tokens, caption_dropout
         self.bad: dict[str, str] = {}
+        self._image_sizes: dict[str, tuple[int, int]] = {}  # path -> (w, h), from headers
         self.skipped = list(skipped or [])
         self.sizes = self._assign_buckets() if bucketing else [(resolution, resolution)] * len(self.items)
         counts: dict[str, int] = {}
@@ -108,14 +133,45 @@ class TrainingData:
     def _assign_buckets(self) -> list[tuple[int, int]]:
         sizes = bucket_sizes(self.resolution)
         out = []
-        for item in self.items:
-            try:
-                with Image.open(item.path) as image:  # header only: no decode
-                    ratio = image.width / image.height
-            except Exception:  # noqa: BLE001 - reported when the image is actually used
-                ratio = 1.0
+        for index in range(len(self.items)):
+            width, height = self.image_size(index)
+            ratio = width / height
             out.append(min(sizes, key=lambda s: abs(np.log(s[0] / s[1]) - np.log(ratio))))
         return out
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of the example's file, read from its header (no decode); the training
+        size for a file whose header cannot be read (it is reported when the image is used)."""
+        path = self.items[index].path
+        if path not in self._image_sizes:
+            try:
+                self._image_sizes[path] = displayed_size(path)
+            except Exception:  # noqa: BLE001
+                self._image_sizes[path] = (self.resolution, self.resolution)
+        return self._image_sizes[path]
+
+    def placement(self, index: int, epoch: int, image_size: tuple[int, int] | None = None) -> Placement:
+        """Resize to cover the bucket, then crop (centre or seeded random) and maybe flip: a pure
+        function of (seed, epoch, index) and the image size, so pixels and size conditioning agree."""
+        width, height = self.sizes[index]
+        image_w, image_h = image_size or self.image_size(index)
+        scale = max(width / image_w, height / image_h)
+        new = (max(width, round(image_w * scale)), max(height, round(image_h * scale)))
+        rng = _rng(self.seed, 71, epoch, index)
+        if self.crop == "random":
+            left, top = rng.randint(0, new[0] - width), rng.randint(0, new[1] - height)
+        else:
+            left, top = (new[0] - width) // 2, (new[1] - height) // 2
+        flipped = self.flip and rng.random() < 0.5
+        return Placement(new, left, top, flipped)
+
+    def geometry(self, index: int, epoch: int) -> Geometry:
+        """The sample's SDXL size conditioning; a flipped crop's offset is mirrored like its pixels."""
+        width, height = self.sizes[index]
+        image_w, image_h = self.image_size(index)
+        place = self.placement(index, epoch, (image_w, image_h))
+        left = place.resized[0] - width - place.left if place.flipped else place.left
+        return Geometry((image_h, image_w), (place.top, left), (height, width))
 
     def batches(self, epoch: int, batch_size: int) -> list[list[int]]:
         """The epoch's batches of item indices: shuffled, each batch within one bucket."""
@@ -136,16 +192,10 @@ class TrainingData:
         """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1]."""
         width, height = self.sizes[index]
         image = self._open(index)
-        scale = max(width / image.width, height / image.height)
-        new = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-        image = image.resize(new, Image.BICUBIC)
-        rng = _rng(self.seed, 71, epoch, index)
-        if self.crop == "random":
-            left, top = rng.randint(0, new[0] - width), rng.randint(0, new[1] - height)
-        else:
-            left, top = (new[0] - width) // 2, (new[1] - height) // 2
-        image = image.crop((left, top, left + width, top + height))
-        if self.flip and rng.random() < 0.5:
+        place = self.placement(index, epoch, image.size)
+        image = image.resize(place.resized, Image.BICUBIC)
+        image = image.crop((place.left, place.top, place.left + width, place.top + height))
+        if place.flipped:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()

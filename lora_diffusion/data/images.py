@@ -36,6 +36,15 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise BadImage(f"not a readable image ({type(error).__name__})") from None
 
 
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as ``open_rgb`` will return the image, from the header alone (EXIF
+    orientations 5-8 swap the sides). Raises the file's own error when it cannot be read."""
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.float64)

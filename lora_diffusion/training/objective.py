@@ -12,9 +12,11 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
-                   *, min_snr_gamma: float = 0.0, noise_offset: float = 0.0) -> torch.Tensor:
+                   *, added_cond_kwargs: dict | None = None, min_snr_gamma: float = 0.0,
+                   noise_offset: float = 0.0) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
+    ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning.
     Randomness comes only from ``generator`` (on the CPU, or on the GPU when training there),
     so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
@@ -33,7 +35,7 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r} in the base model's scheduler")
-    pred = unet(noisy, timesteps, text_states).sample
+    pred = unet(noisy, timesteps, text_states, added_cond_kwargs=added_cond_kwargs).sample
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         ratio = snr(scheduler.alphas_cumprod, timesteps)

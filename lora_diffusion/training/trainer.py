@@ -29,7 +29,9 @@ from ..lora.inject import inject_adapter, parameter_report
 from ..models.loading import load_pipeline
 from ..writable import writable_file
 from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
+from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
+from .encoders import Encoders
 from .objective import denoising_loss
 from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
 
@@ -64,68 +66,6 @@ def load_examples(cfg: TrainConfig, cache: Path):
     for path, reason in scan.skipped:
         print(f"warning: skipping {path}: {reason}", file=sys.stderr)
     return scan.examples, scan.skipped
-
-
-class Encoders:
-    """Frozen VAE and text encoder, with optional caches of their outputs."""
-
-    def __init__(self, vae, text_encoder, tokenizer, device, cache_latents: bool, cache_text: bool):
-        self.vae, self.text_encoder, self.tokenizer, self.device = vae, text_encoder, tokenizer, device
-        self.cache_latents, self.cache_text = cache_latents, cache_text
-        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.text: dict[str, torch.Tensor] = {}
-        self.scaling = vae.config.scaling_factor
-        self.shift = getattr(vae.config, "shift_factor", None) or 0.0
-
-    @torch.no_grad()
-    def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        return dist.mean.float(), dist.std.float()
-
-    def latent_batch(self, indices, pixels_for, generator: torch.Generator) -> torch.Tensor:
-        """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now."""
-        means, stds = [], []
-        missing = [i for i in indices if i not in self.latents]
-        if missing:
-            mean, std = self.posterior(torch.stack([pixels_for(i) for i in missing]))
-            fresh = {i: (mean[k : k + 1], std[k : k + 1]) for k, i in enumerate(missing)}
-            if self.cache_latents:
-                # kept on the training device: a 512 px latent is 64 KB, and per-step host-to-device
-                # copies from pageable memory would stall the GPU queue
-                self.latents.update(fresh)
-        else:
-            fresh = {}
-        for i in indices:
-            m, s = fresh[i] if i in fresh else self.latents[i]
-            means.append(m.to(self.device))
-            stds.append(s.to(self.device))
-        mean, std = torch.cat(means), torch.cat(stds)
-        sample = mean + std * torch.randn(mean.shape, generator=generator, device=generator.device).to(self.device)
-        return (sample - self.shift) * self.scaling
-
-    def encode_all(self, data, batch_size: int) -> None:
-        """Fill both caches for every example up front (their inputs do not depend on the epoch)."""
-        generator = torch.Generator().manual_seed(0)  # only the posterior means/stds are kept
-        indices = list(range(len(data.items)))
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            self.latent_batch(chunk, lambda i: data.pixels(i, 0), generator)
-            self.text_states([data.caption(i, 0) for i in chunk], trainable=False)
-
-    def ids(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(self.device)
-
-    def text_states(self, captions: list[str], trainable: bool) -> torch.Tensor:
-        if trainable or not self.cache_text:
-            with torch.set_grad_enabled(trainable):
-                return self.text_encoder(self.ids(captions))[0]
-        missing = [c for c in dict.fromkeys(captions) if c not in self.text]
-        if missing:
-            with torch.no_grad():
-                states = self.text_encoder(self.ids(missing))[0]
-            self.text.update({c: states[k : k + 1] for k, c in enumerate(missing)})
-        return torch.cat([self.text[c] for c in captions])
 
 
 def _step_generator(seed: int, step: int, micro: int, process: int, device: torch.device) -> torch.Generator:
@@ -176,8 +116,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
 
     # 1. the base model, frozen; then every setting the user left open is derived
     pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
-    if not hasattr(pipe, "unet") or getattr(pipe, "text_encoder_2", None) is not None:
-        raise UserError(f"base {cfg.base}: training supports SD1.x/SD2.x-style pipelines (one text encoder) so far")
+    conditioning = conditioning_for(pipe, cfg.base)
     plan = derive_plan(cfg, BaseFacts.of_pipeline(pipe), images, device)
     cfg = plan.config
     if main and progress:
@@ -185,33 +124,38 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     if main:
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    unet, vae = pipe.unet, pipe.vae
+    text_encoders = conditioning.encoders  # kohya role -> network: {"te"} or SDXL's {"te1", "te2"}
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     # the UNet joins the device only after the data is prepared (step 3), so an up-front encode pass
-    # and the training steps never hold all three models at once
-    for model in (unet, text_encoder, vae):
+    # and the training steps never hold all the models at once
+    for model in (unet, vae, *text_encoders.values()):
         model.requires_grad_(False)
-    text_encoder.to(accelerator.device)
-    vae.to(accelerator.device)
-    vae.to(dtype=torch.float32)  # the VAE is run once per image; fp32 avoids fp16 overflow in its decoder
+    for model in text_encoders.values():
+        model.to(accelerator.device)
+    # the VAE runs once per image; fp32 unless its config says half precision is safe (SDXL's
+    # original VAE overflows in fp16, which its force_upcast flag records)
+    vae.to(accelerator.device, dtype=torch.float32 if getattr(vae.config, "force_upcast", True) else weight_dtype)
     resolution = cfg.resolution
 
-    # 2. LoRA in the UNet (and text encoder), the only trainable weights
+    # 2. LoRA in the UNet (and the text encoders), the only trainable weights
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout)
     inject_adapter(unet, ADAPTER, lora, cfg.targets)
     trained = {"unet": unet}
     if cfg.train_text_encoder:
-        inject_adapter(text_encoder, ADAPTER, lora, cfg.text_targets, kind="text")
-        trained["te"] = text_encoder
+        for role, model in text_encoders.items():
+            inject_adapter(model, ADAPTER, lora, cfg.text_targets, kind="text")
+            trained[role] = model
     for model in trained.values():
         _cast_lora_fp32(model)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            for model in text_encoders.values():
+                model.gradient_checkpointing_enable()
     if main and progress:
-        print(parameter_report(unet, text_encoder), file=sys.stderr)
+        print(parameter_report(unet, *text_encoders.values()), file=sys.stderr)
     if main and accelerator.num_processes > 1:
         print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
 
@@ -221,7 +165,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                         caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
     cache_latents = cfg.cache != "off" and data.deterministic
     cache_text = cfg.cache != "off" and data.fixed_captions and not cfg.train_text_encoder
-    encoders = Encoders(vae, text_encoder, tokenizer, accelerator.device, cache_latents, cache_text)
+    encoders = Encoders(vae, conditioning, accelerator.device, cache_latents, cache_text)
     if cfg.offload_encoders == "on" and not (cache_latents and cache_text):
         raise UserError(
             "offload_encoders needs cached latents and captions: no random crop/flip, no caption "
@@ -230,9 +174,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     if cfg.offload_encoders == "on" or (cfg.offload_encoders == "auto" and cache_latents and cache_text
                                         and accelerator.device.type == "cuda"):
         encoders.encode_all(data, cfg.batch_size)
-        # every latent and text state is cached now: the VAE and text encoder leave the GPU
-        vae.to("cpu")
-        text_encoder.to("cpu")
+        # every latent and text state is cached now: the VAE and text encoders leave the GPU
+        for model in (vae, *text_encoders.values()):
+            model.to("cpu")
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
     unet.to(accelerator.device)
@@ -240,11 +184,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     # 4. optimizer and schedule
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.lr}]
     if cfg.train_text_encoder:
-        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": cfg.text_encoder_lr})
+        te_params = [p for model in text_encoders.values() for p in model.parameters() if p.requires_grad]
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
     optimizer = _make_optimizer(cfg, groups, accelerator.device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
-    prepared = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
-    unet_p, te_p, optimizer, lr_scheduler = prepared
+    # frozen text encoders are not prepared: accelerate would move offloaded ones back to the GPU
+    trained_te = list(text_encoders) if cfg.train_text_encoder else []
+    unet_p, *te_p, optimizer, lr_scheduler = accelerator.prepare(
+        unet, *(text_encoders[r] for r in trained_te), optimizer, lr_scheduler)
+    # the loop calls the prepared (under multi-GPU: gradient-synchronised) text encoders
+    conditioning.encoders = text_encoders | dict(zip(trained_te, te_p))
     if cfg.compile:
         # the LoRA layers' side paths are plain module calls, so the UNet compiles whole; the first
         # steps pay the compile time (reported separately by the benchmarks)
@@ -290,8 +239,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
     losses: list[float] = []
     unet_p.train()
-    if cfg.train_text_encoder:
-        te_p.train()
+    for model in te_p:
+        model.train()
     step = start_step
     params = [p for g in groups for p in g["params"]]
     bad_in_a_row = skipped_steps = 0
@@ -307,10 +256,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                 with accelerator.accumulate(unet_p):
                     latents = encoders.latent_batch(indices, lambda i: data.pixels(i, epoch), generator)
                     captions = [data.caption(i, epoch) for i in indices]
-                    states = encoders.text_states(captions, cfg.train_text_encoder)
+                    geometries = [data.geometry(i, epoch) for i in indices]
+                    states, added = encoders.unet_conditioning(captions, geometries, cfg.train_text_encoder)
                     with accelerator.autocast():
                         loss = denoising_loss(unet_p, noise_scheduler, latents.to(weight_dtype), states, generator,
-                                              min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset)
+                                              added_cond_kwargs=added, min_snr_gamma=cfg.min_snr_gamma,
+                                              noise_offset=cfg.noise_offset)
                     accelerator.backward(loss)
                     mean_loss = accelerator.gather(loss.detach()).mean().float()
                     loss_sum = mean_loss if loss_sum is None else loss_sum + mean_loss
@@ -412,7 +363,8 @@ def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: Trai
     components = pipeline_components(pipe)
     arch = components_architecture(components)
     if not cfg.train_text_encoder:
-        components.pop("te", None)
+        for role in ("te", "te1", "te2"):
+            components.pop(role, None)
     settings = to_dict(cfg)
     if not cfg.record_paths:  # no absolute paths from the user's machine unless asked
         settings["data"] = Path(cfg.data).name
@@ -448,7 +400,8 @@ def _validation_grid(cfg: TrainConfig, pipe, data: TrainingData, path: Path, res
 
     prompts = cfg.validation_prompts or list(dict.fromkeys(e.caption for e in data.items))[:4]
     device = pipe.unet.device
-    offloaded = [m for m in (pipe.vae, pipe.text_encoder) if m.device != device]
+    models = (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+    offloaded = [m for m in models if m is not None and m.device != device]
     for model in offloaded:  # offload_encoders moved them off the GPU; sampling needs them back briefly
         model.to(device)
     try:
