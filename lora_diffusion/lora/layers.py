@@ -19,6 +19,9 @@ from torch import nn
 from .config import LoraConfig
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _autocast_on(x: torch.Tensor) -> bool:
     try:
         return torch.is_autocast_enabled(x.device.type)
@@ -228,7 +231,12 @@ class LoraLayer(nn.Module):
     def _lora_path(self, name: str, x: torch.Tensor) -> torch.Tensor:
         down = self.lora_A[name]
         if x.dtype != down.weight.dtype and not _autocast_on(x):
-            x = x.to(down.weight.dtype)  # e.g. an fp32 adapter on an fp16 base outside autocast
+            if x.dtype in _HALF and down.weight.dtype == torch.float32:
+                # fp32 adapter (trained master weights) on a half-precision base: compute in the base's
+                # precision, as autocast would, rather than copying x to fp32 (activation memory)
+                with torch.autocast(x.device.type, dtype=x.dtype):
+                    return self.lora_B[name](down(self.lora_dropout[name](x)))
+            x = x.to(down.weight.dtype)
         return self.lora_B[name](down(self.lora_dropout[name](x)))
 
     def _bias_shape(self, out: torch.Tensor) -> tuple[int, ...]:

@@ -176,7 +176,26 @@ def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: Devic
         "a compile costs minutes; not repaid at this length or device")
     put("compile_mode", "reduce-overhead" if cfg.compile else "default",
         "CUDA graphs" if cfg.compile else "no compile")
+    blocker = _cuda_graph_blocker(cfg, device)
+    put("cuda_graphs", blocker is None, blocker or "the step is launch-bound; graphs are captured in seconds")
+    if cfg.cuda_graphs and blocker:
+        raise UserError(f"--cuda-graphs cannot be used here: {blocker}; leave --cuda-graphs unset or pass --no-cuda-graphs")
     return plan
+
+
+def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts) -> str | None:
+    """Why CUDA graphs of the UNet step cannot be used with these settings, or None."""
+    if device.kind != "cuda":
+        return "CUDA graphs need a CUDA GPU"
+    if cfg.compile:
+        return "torch.compile is on (its reduce-overhead mode makes its own graphs)"
+    if device.processes > 1:
+        return "several processes (data-parallel) run eagerly"
+    if cfg.gradient_accumulation > 1:
+        return "gradient accumulation runs eagerly"
+    if cfg.train_text_encoder:
+        return "text-encoder training runs eagerly"
+    return None
 
 
 def long_cpu_run_advice(cfg: TrainConfig, seconds_per_step: float, device: DeviceFacts) -> str | None:
