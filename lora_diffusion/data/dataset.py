@@ -130,6 +130,12 @@ class TrainingData:
     def fixed_captions(self) -> bool:
         return not self.caption_shuffle
 
+    def possible_captions(self) -> list[str]:
+        """Every caption a step can see when captions are fixed: each example's, and the empty one
+        that caption dropout substitutes."""
+        captions = list(dict.fromkeys(e.caption for e in self.items))
+        return captions + ([""] if self.caption_dropout and "" not in captions else [])
+
     def _assign_buckets(self) -> list[tuple[int, int]]:
         sizes = bucket_sizes(self.resolution)
         out = []

@@ -19,9 +19,9 @@ from ..data.dataset import Geometry
 from ..errors import UserError
 
 
-def _token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+def _token_ids(tokenizer, captions: list[str], encoder: nn.Module) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+                     return_tensors="pt").input_ids.to(next(encoder.parameters()).device)  # (DDP wrappers have no .device)
 
 
 class SingleEncoder:
@@ -32,7 +32,8 @@ class SingleEncoder:
         self.tokenizer = pipe.tokenizer
 
     def encode(self, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        return {"states": self.encoders["te"](_token_ids(self.tokenizer, captions, device))[0]}
+        encoder = self.encoders["te"]
+        return {"states": encoder(_token_ids(self.tokenizer, captions, encoder))[0].to(device)}
 
     def unet_inputs(self, encoded: dict[str, torch.Tensor], geometries: list[Geometry]) -> tuple[torch.Tensor, dict | None]:
         return encoded["states"], None
@@ -48,10 +49,10 @@ class SdxlEncoders:
     def encode(self, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         states = []
         for role, encoder in self.encoders.items():
-            out = encoder(_token_ids(self.tokenizers[role], captions, device), output_hidden_states=True)
-            states.append(out.hidden_states[-2])
+            out = encoder(_token_ids(self.tokenizers[role], captions, encoder), output_hidden_states=True)
+            states.append(out.hidden_states[-2].to(device))
         # out is the second encoder's (CLIPTextModelWithProjection): its first output is the pooled projection
-        return {"states": torch.cat(states, dim=-1), "pooled": out[0]}
+        return {"states": torch.cat(states, dim=-1), "pooled": out[0].to(device)}
 
     def unet_inputs(self, encoded: dict[str, torch.Tensor], geometries: list[Geometry]) -> tuple[torch.Tensor, dict | None]:
         states = encoded["states"]

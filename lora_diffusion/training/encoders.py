@@ -53,7 +53,9 @@ class Encoders:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             self.latent_batch(chunk, lambda i: data.pixels(i, 0), generator)
-            self.text_outputs([data.caption(i, 0) for i in chunk], trainable=False)
+        captions = data.possible_captions()
+        for start in range(0, len(captions), batch_size):
+            self.text_outputs(captions[start:start + batch_size], trainable=False)
 
     def text_outputs(self, captions: list[str], trainable: bool) -> dict[str, torch.Tensor]:
         """The text encoders' outputs for a batch of captions (batched tensors by name)."""
