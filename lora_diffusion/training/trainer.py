@@ -33,6 +33,7 @@ from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
 from .cuda_graphs import GraphedUNet
 from .encoders import Encoders
+from .lean_activations import lean_feed_forwards
 from .objective import denoising_loss
 from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
 
@@ -154,6 +155,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             trained[role] = model
     for model in trained.values():
         _cast_lora_fp32(model)
+    lean_feed_forwards(unet)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
