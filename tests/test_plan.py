@@ -59,14 +59,43 @@ def test_sd1_from_a_real_tiny_pipeline_on_cpu():
     assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (32, 1, 2400, 16, 8, 1e-4)
 
 
-def test_sd2_v_on_an_h100_batches_up_and_compiles_long_runs():
+def test_sd2_v_on_an_h100_batches_up_and_replays_cuda_graphs_without_compiling():
     base = BaseFacts("sd2", 768, "v_prediction")
     short = derive_plan(_cfg(), base, 24, H100)
     c = short.config
-    assert (c.resolution, c.batch_size, c.steps, c.mixed_precision, c.compile) == (768, 4, 600, "bf16", False)
+    assert (c.resolution, c.batch_size, c.steps, c.mixed_precision, c.compile, c.cuda_graphs) == (
+        768, 4, 600, "bf16", False, True)
     assert short.profile == "sd2"
+    assert short.reasons["cuda_graphs"] == "the step is launch-bound; graphs are captured in seconds"
     long = derive_plan(_cfg(), base, 100, H100).config
-    assert (long.steps, long.compile, long.compile_mode) == (2500, True, "reduce-overhead")
+    assert (long.steps, long.compile, long.cuda_graphs) == (2500, False, True)
+
+
+def test_sdxl_on_an_h100_uses_batch_4_and_cuda_graphs_without_checkpointing():
+    plan = derive_plan(_cfg(), BaseFacts("sdxl", 1024), 24, H100)
+    c = plan.config
+    assert (c.resolution, c.batch_size, c.steps, c.mixed_precision, c.bucketing) == (1024, 4, 600, "bf16", True)
+    assert (c.gradient_checkpointing, c.compile, c.cuda_graphs, c.rank, c.alpha) == (False, False, True, 16, 8)
+
+
+@pytest.mark.parametrize("setting, reason", [
+    (dict(compile=True), "torch.compile is on (its reduce-overhead mode makes its own graphs)"),
+    (dict(train_text_encoder=True), "text-encoder training runs eagerly"),
+    (dict(gradient_accumulation=2), "gradient accumulation runs eagerly"),
+])
+def test_cuda_graphs_step_aside_for_settings_that_need_an_eager_step(setting, reason):
+    plan = derive_plan(_cfg(**setting), BaseFacts("sdxl", 1024), 24, H100)
+    assert plan.config.cuda_graphs is False and plan.reasons["cuda_graphs"] == reason
+    two_gpus = DeviceFacts("cuda", 79.2, True, "NVIDIA H100 80GB HBM3", processes=2)
+    assert derive_plan(_cfg(), BaseFacts("sdxl", 1024), 24, two_gpus).reasons["cuda_graphs"] == (
+        "several processes (data-parallel) run eagerly")
+
+
+def test_cuda_graphs_forced_where_they_cannot_run_is_one_clear_error():
+    assert derive_plan(_cfg(), BUILTIN, 24, CPU).config.cuda_graphs is False
+    with pytest.raises(Exception, match=r"^--cuda-graphs cannot be used here: CUDA graphs need a CUDA GPU; leave "
+                                        r"--cuda-graphs unset or pass --no-cuda-graphs$"):
+        derive_plan(_cfg(cuda_graphs=True), BUILTIN, 24, CPU)
 
 
 def test_sdxl_on_a_small_gpu_without_bf16():

@@ -202,3 +202,24 @@ def test_an_sdxl_lora_on_an_sd1_base_and_the_reverse_are_refused_naming_both(tmp
         message = str(error.value)
         assert "\n" not in message
         assert f"this LoRA was made for {labels[0]}; the loaded base is {labels[1]}" in message
+
+
+def test_ui_finds_sdxl_bases_and_generates_at_their_native_size(sdxl_base, shapes_folder, tmp_path):
+    import shutil
+
+    from lora_diffusion.models.single_file import save_single_file
+    from lora_diffusion.ui.app import UiState
+
+    models, loras = tmp_path / "models", tmp_path / "loras"
+    models.mkdir()
+    loras.mkdir()
+    shutil.copytree(sdxl_base, models / "my-sdxl")
+    save_single_file(tiny_pipeline("sdxl", seed=0), models / "xl-single.safetensors", "sdxl", dtype="fp32")
+    (models / "notes.txt").write_text("not a model")
+    train(_cfg(sdxl_base, shapes_folder, loras / "xl-style.safetensors", steps=2), progress=False)
+    state = UiState(str(loras), models_dir=str(models), out_dir=str(tmp_path / "out"), device="cpu")
+    assert state.base_choices() == ["builtin", str(models / "my-sdxl"), str(models / "xl-single.safetensors")]
+    slots = [True, "xl-style", 0.7] + [False, None, 1.0] * 3
+    gallery, params = state.generate(str(models / "my-sdxl"), "a red square", "", 3, 2, 5.0, 0, 0, "Euler", 1, slots)
+    assert Image.open(gallery[0][0]).size == (32, 32)  # the tiny SDXL's native size: 16 latents x 2
+    assert "<lora:xl-style:0.7>" in params and "Size: 32x32" in params

@@ -247,8 +247,9 @@ def build_app(state: UiState):
                         steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
                         guidance = gr.Slider(1.0, 15.0, value=5.0, step=0.5, label="Guidance (CFG)")
                     with gr.Row():
-                        width = gr.Slider(64, 1536, value=64 if state.default_base == "builtin" else 512, step=8, label="Width")
-                        height = gr.Slider(64, 1536, value=64 if state.default_base == "builtin" else 512, step=8, label="Height")
+                        # 0 follows the picked base: 64 px built-in, 512 SD1.x, 768 SD2.x, 1024 SDXL
+                        width = gr.Slider(0, 2048, value=0, step=8, label="Width (0: the base's native size)")
+                        height = gr.Slider(0, 2048, value=0, step=8, label="Height (0: the base's native size)")
                         scheduler = gr.Dropdown(sampler_names(), value="DPM++ 2M", label="Sampler")
                         count = gr.Slider(1, 8, value=2, step=1, label="Images")
                     generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
