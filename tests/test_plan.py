@@ -187,3 +187,18 @@ def test_cli_prints_the_plan_and_records_it_in_the_metadata(tiny_base, tmp_path,
     training = json.loads(meta["lora_diffusion.training"])
     assert (training["resolution"], training["rank"], training["alpha"], training["steps"]) == (32, 2, 1.0, 30)
     assert meta["ss_resolution"] == "(32, 32)"
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "sd15-gpu.yaml", "sd2-v-768.yaml", "sdxl-gpu.yaml"])
+def test_every_shipped_config_is_valid_and_sdxl_gpu_keeps_sdxl_settings(name):
+    from pathlib import Path
+
+    from lora_diffusion.training.config import load_yaml
+
+    path = Path(__file__).parent.parent / "configs" / name
+    cfg = apply_values(_cfg(), load_yaml(path), str(path))
+    cfg.validate()
+    if name == "sdxl-gpu.yaml":
+        plan = derive_plan(cfg, BaseFacts("sdxl", 1024), 40, H100).config
+        assert (plan.resolution, plan.bucketing, plan.batch_size, plan.cuda_graphs, plan.train_text_encoder) == (
+            1024, True, 4, True, False)
