@@ -108,3 +108,26 @@ def test_folder_without_usable_images_is_a_clear_error(tmp_path):
         TrainingData(scan_folder(tmp_path).examples, 64)
     with pytest.raises(UserError, match="data folder not found"):
         scan_folder(tmp_path / "missing")
+
+
+def test_prefetcher_returns_what_make_returns_and_makes_each_wanted_key_once():
+    import threading
+
+    import torch
+
+    from lora_diffusion.data.prefetch import Prefetcher
+
+    calls, lock = [], threading.Lock()
+
+    def make(key):
+        with lock:
+            calls.append(key)
+        return torch.full((2,), float(key[0] * 10 + key[1]))
+
+    prefetch = Prefetcher(make, workers=2)
+    prefetch.want([(1, 0), (2, 0), (1, 0)])
+    assert torch.equal(prefetch.get((2, 0)), torch.tensor([20.0, 20.0]))
+    assert torch.equal(prefetch.get((1, 0)), torch.tensor([10.0, 10.0]))
+    assert torch.equal(prefetch.get((3, 1)), torch.tensor([31.0, 31.0]))  # not wanted: made on the spot
+    prefetch.close()
+    assert sorted(calls) == [(1, 0), (2, 0), (3, 1)]

@@ -157,4 +157,23 @@ def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(ti
     assert plain.losses == pytest.approx(offloaded.losses, rel=1e-5)
     assert (tmp_path / "b-logs" / "samples" / "final.png").is_file()
     with pytest.raises(UserError, match="offload_encoders needs cached latents and captions"):
-        train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders="on", flip=True, **common), progress=False)
+        train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders="on", crop="random", **common),
+              progress=False)
+
+
+def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached(tiny_base, style_folder, tmp_path,
+                                                                                monkeypatch):
+    from lora_diffusion.training import encoders
+
+    cached = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", flip=True, offload_encoders="on",
+                        steps=12), progress=False)
+    uncached = train(_cfg(tiny_base, style_folder, tmp_path / "b.safetensors", flip=True, cache="off", steps=12),
+                     progress=False)
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
+    seen = []
+    real = encoders.Encoders.encode_all
+    monkeypatch.setattr(encoders.Encoders, "encode_all",
+                        lambda self, data, batch: (real(self, data, batch), seen.append(set(self.latents))))
+    train(_cfg(tiny_base, style_folder, tmp_path / "c.safetensors", flip=True, offload_encoders="on", steps=1),
+          progress=False)
+    assert seen == [{(i, f) for i in range(4) for f in (False, True)}]  # 4 images x both orientations

@@ -123,8 +123,13 @@ class TrainingData:
 
     @property
     def deterministic(self) -> bool:
-        """True when an example always gives the same pixels (latents may be cached)."""
-        return self.crop == "center" and not self.flip
+        """True when an example gives one of at most two fixed images (latents may be cached): centre
+        crops, each either plain or, with ``flip``, mirrored (both orientations are cached, as kohya does)."""
+        return self.crop == "center"
+
+    def cache_key(self, index: int, epoch: int) -> tuple[int, bool]:
+        """Which fixed image the sample is: (example index, mirrored)."""
+        return index, self.placement(index, epoch).flipped
 
     @property
     def fixed_captions(self) -> bool:
@@ -194,14 +199,15 @@ class TrainingData:
         rng = _rng(self.seed, 43, epoch, index)
         return process_caption(self.items[index].caption, rng, self.caption_shuffle, self.keep_tokens, self.caption_dropout)
 
-    def pixels(self, index: int, epoch: int) -> torch.Tensor:
-        """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1]."""
+    def pixels(self, index: int, epoch: int, flipped: bool | None = None) -> torch.Tensor:
+        """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1].
+        ``flipped`` overrides the epoch's flip (to cache both orientations)."""
         width, height = self.sizes[index]
         image = self._open(index)
         place = self.placement(index, epoch, image.size)
         image = image.resize(place.resized, Image.BICUBIC)
         image = image.crop((place.left, place.top, place.left + width, place.top + height))
-        if place.flipped:
+        if place.flipped if flipped is None else flipped:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -14,7 +14,9 @@ overwrite them), no trained text encoder (its gradients flow through the UNet's 
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,21 +37,35 @@ class _PositionalUNet(nn.Module):
 class GraphedUNet:
     """Called like the UNet in training (returns an object with ``.sample``); replays CUDA graphs."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, report: Callable[[str], None] = lambda text: None) -> None:
         self.unet = unet
         self.module = _PositionalUNet(unet)
         self.pool = torch.cuda.graph_pool_handle()
         self.graphed: dict[tuple, object] = {}
+        self.report = report
+        self.failed: str | None = None  # why capture failed; the step then runs eagerly
 
     def __call__(self, sample, timesteps, states, added_cond_kwargs=None):
         inputs = (sample, timesteps.expand(sample.shape[0]).contiguous(), states)
         if added_cond_kwargs:
             inputs += (added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"])
+        if self.failed:
+            return SimpleNamespace(sample=self.module(*inputs))
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         if key not in self.graphed:
+            started = time.perf_counter()
             # the capture runs a few untimed warm-up passes through autograd.grad (no .grad is touched)
             samples = tuple(t.detach().clone() for t in inputs)
-            self.graphed[key] = torch.cuda.make_graphed_callables(self.module, samples, pool=self.pool)
+            try:
+                self.graphed[key] = torch.cuda.make_graphed_callables(self.module, samples, pool=self.pool)
+            except Exception as error:  # noqa: BLE001 - an op that cannot be captured: run eagerly instead
+                self.failed = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
+                torch.cuda.synchronize()
+                self.report(f"warning: CUDA graph capture failed ({self.failed}); the step runs eagerly")
+                return SimpleNamespace(sample=self.module(*inputs))
+            size = "x".join(map(str, sample.shape[1:]))
+            self.report(f"CUDA graphs: captured the UNet step for batch {sample.shape[0]} of {size} latents "
+                        f"in {time.perf_counter() - started:.1f} s")
         return SimpleNamespace(sample=self.graphed[key](*inputs))
 
     @property

@@ -7,7 +7,7 @@ host-to-device copies from pageable memory would stall the GPU queue.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -20,27 +20,30 @@ class Encoders:
     def __init__(self, vae, conditioning, device: torch.device, cache_latents: bool, cache_text: bool):
         self.vae, self.conditioning, self.device = vae, conditioning, device
         self.cache_latents, self.cache_text = cache_latents, cache_text
-        self.latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.latents: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
         self.text: dict[str, dict[str, torch.Tensor]] = {}
         self.scaling = vae.config.scaling_factor
         self.shift = getattr(vae.config, "shift_factor", None) or 0.0
 
     @torch.no_grad()
     def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()  # an asynchronous copy: the host goes on preparing the next batch
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype, non_blocking=True)).latent_dist
         return dist.mean.float(), dist.std.float()
 
-    def latent_batch(self, indices: list[int], pixels_for: Callable[[int], torch.Tensor],
+    def latent_batch(self, keys: list[Hashable], pixels_for: Callable[[Hashable], torch.Tensor],
                      generator: torch.Generator) -> torch.Tensor:
-        """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now."""
-        missing = [i for i in indices if i not in self.latents]
+        """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now.
+        ``keys`` name the samples' fixed images (``TrainingData.cache_key``) and ``pixels_for`` makes one."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self.latents))
         fresh = {}
         if missing:
-            mean, std = self.posterior(torch.stack([pixels_for(i) for i in missing]))
-            fresh = {i: (mean[k : k + 1], std[k : k + 1]) for k, i in enumerate(missing)}
+            mean, std = self.posterior(torch.stack([pixels_for(k) for k in missing]))
+            fresh = {key: (mean[n : n + 1], std[n : n + 1]) for n, key in enumerate(missing)}
             if self.cache_latents:
                 self.latents.update(fresh)
-        pairs = [fresh[i] if i in fresh else self.latents[i] for i in indices]
+        pairs = [fresh[k] if k in fresh else self.latents[k] for k in keys]
         mean = torch.cat([m.to(self.device) for m, _ in pairs])
         std = torch.cat([s.to(self.device) for _, s in pairs])
         sample = mean + std * torch.randn(mean.shape, generator=generator, device=generator.device).to(self.device)
@@ -49,10 +52,9 @@ class Encoders:
     def encode_all(self, data, batch_size: int) -> None:
         """Fill both caches for every example up front (their inputs do not depend on the epoch)."""
         generator = torch.Generator().manual_seed(0)  # only the posterior means/stds are kept
-        indices = list(range(len(data.items)))
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            self.latent_batch(chunk, lambda i: data.pixels(i, 0), generator)
+        keys = [(i, flipped) for i in range(len(data.items)) for flipped in ((False, True) if data.flip else (False,))]
+        for start in range(0, len(keys), batch_size):
+            self.latent_batch(keys[start:start + batch_size], lambda key: data.pixels(key[0], 0, key[1]), generator)
         captions = data.possible_captions()
         for start in range(0, len(captions), batch_size):
             self.text_outputs(captions[start:start + batch_size], trainable=False)

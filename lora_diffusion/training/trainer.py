@@ -23,6 +23,7 @@ from ..adapters.apply import components_architecture, pipeline_components, save_
 from ..data.dataset import TrainingData, require_examples
 from ..data.folder import scan_folder
 from ..data.hub import load_hub_examples, looks_like_hub_id
+from ..data.prefetch import Prefetcher, default_workers
 from ..errors import Interrupted, UserError
 from ..lora.config import LoraConfig
 from ..lora.inject import inject_adapter, parameter_report
@@ -139,9 +140,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         model.requires_grad_(False)
     for model in text_encoders.values():
         model.to(accelerator.device)
-    # the VAE runs once per image; fp32 unless its config says half precision is safe (SDXL's
-    # original VAE overflows in fp16, which its force_upcast flag records)
-    vae.to(accelerator.device, dtype=torch.float32 if getattr(vae.config, "force_upcast", True) else weight_dtype)
+    # SD and SDXL VAEs overflow in fp16 (their force_upcast flag records it): fp32 then; bf16 has fp32's
+    # range, and encoding in bf16 keeps uncacheable runs (random crops) from waiting on an fp32 VAE
+    fp16_unsafe = weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", True)
+    vae.to(accelerator.device, dtype=torch.float32 if fp16_unsafe else weight_dtype)
     resolution = cfg.resolution
 
     # 2. LoRA in the UNet (and the text encoders), the only trainable weights
@@ -175,8 +177,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     encoders = Encoders(vae, conditioning, accelerator.device, cache_latents, cache_text)
     if cfg.offload_encoders == "on" and not (cache_latents and cache_text):
         raise UserError(
-            "offload_encoders needs cached latents and captions: no random crop/flip, no caption "
-            "shuffle/dropout, no text-encoder training, and cache not 'off' (or set offload_encoders: auto)"
+            "offload_encoders needs cached latents and captions: no random crop, no caption shuffle, "
+            "no text-encoder training, and cache not 'off' (or set offload_encoders: auto)"
         )
     if cfg.offload_encoders == "on" or (cfg.offload_encoders == "auto" and cache_latents and cache_text
                                         and accelerator.device.type == "cuda"):
@@ -240,11 +242,24 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         # every process takes its own batch of the same deterministic sequence
         epoch, position = divmod(micro_index * world + rank, batches_per_epoch)
         if epoch not in epoch_batches:
-            epoch_batches.clear()
+            if len(epoch_batches) > 1:  # the current epoch and the next (looked at by the prefetcher)
+                del epoch_batches[min(epoch_batches)]
             epoch_batches[epoch] = data.batches(epoch, per_step)
         return epoch_batches[epoch][position], epoch
 
+    # uncached pixels (random crops, cache off) are made on worker threads a few batches ahead
+    prefetch = (Prefetcher(lambda key: data.pixels(*key), default_workers())
+                if accelerator.device.type == "cuda" and not cache_latents else None)
+    ahead = 4
+
+    def pixels_for(epoch: int) -> Callable:
+        if prefetch is None:
+            return lambda key: data.pixels(key[0], epoch, key[1])
+        return lambda key: prefetch.get((key[0], epoch, key[1]))
+
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
+    if isinstance(step_unet, GraphedUNet) and main and progress:
+        step_unet.report = lambda text: _note(bar, text)
     losses: list[float] = []
     unet_p.train()
     for model in te_p:
@@ -259,10 +274,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             loss_sum = None
             bad = False
             for micro in range(cfg.gradient_accumulation):
-                indices, epoch = batch_for(step * cfg.gradient_accumulation + micro)
+                micro_index = step * cfg.gradient_accumulation + micro
+                indices, epoch = batch_for(micro_index)
+                if prefetch is not None:
+                    for later in range(micro_index + 1, min(micro_index + 1 + ahead, cfg.steps * cfg.gradient_accumulation)):
+                        later_indices, later_epoch = batch_for(later)
+                        prefetch.want((i, later_epoch, data.placement(i, later_epoch).flipped) for i in later_indices)
                 generator = _step_generator(cfg.seed, step, micro, rank, accelerator.device)
                 with accelerator.accumulate(unet_p):
-                    latents = encoders.latent_batch(indices, lambda i: data.pixels(i, epoch), generator)
+                    latents = encoders.latent_batch([data.cache_key(i, epoch) for i in indices], pixels_for(epoch),
+                                                    generator)
                     captions = [data.caption(i, epoch) for i in indices]
                     geometries = [data.geometry(i, epoch) for i in indices]
                     states, added = encoders.unet_conditioning(captions, geometries, cfg.train_text_encoder)
@@ -355,6 +376,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         _save(cfg, plan, pipe, partial, completed, data, started)
         raise Interrupted(f"interrupted after step {completed} of {cfg.steps}: wrote the partial LoRA {partial} "
                           f"and the checkpoint {where}; continue with --resume latest") from None
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     bar.close()
     accelerator.wait_for_everyone()
     if main:
