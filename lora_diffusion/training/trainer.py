@@ -50,6 +50,7 @@ class TrainResult:
     seconds: float = 0.0
     skipped: list = field(default_factory=list)
     skipped_steps: int = 0  # updates skipped for a NaN/inf loss or gradient (nan_policy: skip)
+    peak_gib: float | None = None  # peak GPU memory allocated by this process (CUDA only)
 
 
 def _paths(cfg: TrainConfig) -> tuple[Path, Path, Path]:
@@ -388,7 +389,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         jsonl.close()
         if tracker:
             tracker.close()
-    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
+    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps, peak)
 
 
 def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:

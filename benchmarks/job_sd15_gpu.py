@@ -1,0 +1,73 @@
+"""GPU benchmark: whole `lora-diffusion train` jobs as a user runs them (issue 16), SD1.5-architecture base.
+
+    python benchmarks/job_sd15_gpu.py --jobs 400x1 1500x1 400x4 1500x4 --uncached 8
+
+Each job is a fresh process, `python -m lora_diffusion train --base sd15-random --data data --output ...
+--steps N --batch-size B --rank 4 --alpha 4 --quiet`, every other setting derived (bf16, CUDA graphs on one
+GPU). Reported: wall time from process start to exit (the file is written before exit), time from process
+start to the first step in the training log, steady steps/s (median step gap over the second half of the
+log), and peak GPU memory (the trainer's own report). `--uncached B` adds a `--crop random --flip` job at
+batch B (no latent caching possible: pixels are prefetched and encoded every step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_job(base: Path, data: Path, out: Path, steps: int, batch: int, extra: list[str]) -> dict:
+    output = out / f"job-{steps}x{batch}{'-'.join([''] + [e.strip('-') for e in extra])}.safetensors"
+    log = output.with_name(f"{output.stem}-logs") / "train_log.jsonl"
+    cmd = [sys.executable, "-m", "lora_diffusion", "train", "--base", str(base), "--data", str(data),
+           "--output", str(output), "--steps", str(steps), "--batch-size", str(batch), "--rank", "4", "--alpha", "4",
+           "--quiet", *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = None
+    while process.poll() is None:
+        if first is None and log.exists() and log.stat().st_size > 0:
+            first = time.perf_counter() - started
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    text = process.stdout.read()
+    if process.returncode != 0 or not output.exists():
+        raise SystemExit(f"job failed ({process.returncode}):\n{text[-3000:]}")
+    times = [json.loads(line)["time"] for line in log.read_text().splitlines()]
+    gaps = [b - a for a, b in zip(times[len(times) // 2:], times[len(times) // 2 + 1:])]
+    peak = re.search(r"peak GPU memory ([\d.]+) GiB", text)
+    return {"job": f"{steps} steps, batch {batch}" + (" " + " ".join(extra) if extra else ""), "wall": wall,
+            "first": first, "steps_s": 1 / statistics.median(gaps), "img_s": batch / statistics.median(gaps),
+            "peak": float(peak.group(1)) if peak else float("nan")}
+
+
+def main() -> None:
+    from sd15_setup import prepare
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sd15bench"))
+    parser.add_argument("--jobs", nargs="+", default=["400x1", "1500x1", "400x4", "1500x4"])
+    parser.add_argument("--uncached", type=int, nargs="*", default=[8])
+    parser.add_argument("--images", type=int, default=64)
+    args = parser.parse_args()
+    setup = time.time()
+    base, data = prepare(args.work, args.images)
+    print(f"setup {time.time() - setup:.0f} s (not part of any job)", flush=True)
+    print("| job | wall (start → exit) | first step after | steady steps/s | img/s | peak GiB |")
+    print("|---|---|---|---|---|---|", flush=True)
+    runs = [(int(s), int(b), []) for s, b in (job.split("x") for job in args.jobs)]
+    runs += [(200, b, ["--crop", "random", "--flip"]) for b in args.uncached]
+    for steps, batch, extra in runs:
+        r = run_job(base, data, args.work / "jobs", steps, batch, extra)
+        print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "
+              f"{r['peak']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
