@@ -32,6 +32,7 @@ def timed(module, attr: str, name: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--profile-load", action="store_true", help="cProfile one base load first")
     args = parser.parse_args()
     import torch
 
@@ -59,6 +60,15 @@ if __name__ == "__main__":
     steps = []
     cfg = TrainConfig(base=str(base), data=str(data), output="/tmp/breakdown.safetensors", steps=20,
                       batch_size=args.batch, rank=4, alpha=4)
+    if "--profile-load" in sys.argv:
+        import cProfile
+        import pstats
+
+        from lora_diffusion.models.loading import load_pipeline
+
+        profile = cProfile.Profile()
+        profile.runcall(load_pipeline, str(base), dtype=torch.bfloat16)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
     trainer.train(cfg, progress=False, on_step=lambda r: steps.append(time.perf_counter() - START))
     mark("train() returned")
     last = 0.0

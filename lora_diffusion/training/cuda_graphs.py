@@ -57,7 +57,9 @@ class GraphedUNet:
             # the capture runs a few untimed warm-up passes through autograd.grad (no .grad is touched)
             samples = tuple(t.detach().clone() for t in inputs)
             try:
-                self.graphed[key] = torch.cuda.make_graphed_callables(self.module, samples, pool=self.pool)
+                # one warm-up pass creates the library workspaces capture needs (3, the default, is for DDP)
+                self.graphed[key] = torch.cuda.make_graphed_callables(self.module, samples, pool=self.pool,
+                                                                      num_warmup_iters=1)
             except Exception as error:  # noqa: BLE001 - an op that cannot be captured: run eagerly instead
                 self.failed = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
                 torch.cuda.synchronize()

@@ -12,6 +12,7 @@ from typing import Callable, Hashable
 import torch
 
 from ..data.dataset import Geometry
+from ..data.prefetch import Prefetcher, default_workers
 
 
 class Encoders:
@@ -53,8 +54,14 @@ class Encoders:
         """Fill both caches for every example up front (their inputs do not depend on the epoch)."""
         generator = torch.Generator().manual_seed(0)  # only the posterior means/stds are kept
         keys = [(i, flipped) for i in range(len(data.items)) for flipped in ((False, True) if data.flip else (False,))]
-        for start in range(0, len(keys), batch_size):
-            self.latent_batch(keys[start:start + batch_size], lambda key: data.pixels(key[0], 0, key[1]), generator)
+        # images are decoded on worker threads while the VAE encodes the batches before them
+        prefetch = Prefetcher(lambda key: data.pixels(key[0], 0, key[1]), default_workers())
+        try:
+            prefetch.want(keys)
+            for start in range(0, len(keys), batch_size):
+                self.latent_batch(keys[start:start + batch_size], prefetch.get, generator)
+        finally:
+            prefetch.close()
         captions = data.possible_captions()
         for start in range(0, len(captions), batch_size):
             self.text_outputs(captions[start:start + batch_size], trainable=False)
