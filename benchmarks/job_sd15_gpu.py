@@ -63,8 +63,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|", flush=True)
     runs = [(int(s), int(b), []) for s, b in (job.split("x") for job in args.jobs)]
     runs += [(200, b, ["--crop", "random", "--flip"]) for b in args.uncached]
-    for steps, batch, extra in runs:
-        r = run_job(base, data, args.work / "jobs", steps, batch, extra)
+    for n, (steps, batch, extra) in enumerate(runs):
+        # a folder per job: a repeated job must not find the last one's log (or append to it)
+        r = run_job(base, data, args.work / "jobs" / f"{time.time_ns()}-{n}", steps, batch, extra)
         print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "
               f"{r['peak']:.2f} |", flush=True)
 
