@@ -137,3 +137,55 @@ def test_merged_forward_calls_no_lora_module(tiny_base, two_loras):
         for hook in hooks:
             hook.remove()
     assert calls == []
+
+
+def test_prompt_tags_are_split_from_the_text_in_every_form():
+    from lora_diffusion.generation.prompt_tags import LoraTag, split_lora_tags
+
+    text, tags = split_lora_tags("a cat, <lora:ink:0.8> on a mat <lora:sepia_v2:0.5:-0.25>, <lora:bold>")
+    assert text == "a cat, on a mat"
+    assert tags == [LoraTag("ink", 0.8), LoraTag("sepia_v2", 0.5, -0.25), LoraTag("bold", 1.0)]
+    assert split_lora_tags("no tags here") == ("no tags here", [])
+    with pytest.raises(UserError, match=r"^prompt tag <lora:ink:strong>: weights must be numbers, e.g. <lora:ink:0.8>$"):
+        split_lora_tags("x <lora:ink:strong>")
+
+
+def test_a_tagged_prompt_generates_what_the_lora_flag_generates(tiny_base, two_loras, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    library = tmp_path / "loras"
+    library.mkdir()
+    shutil.copy(two_loras[0], library / "first.safetensors")
+    common = ["--base", tiny_base, "--seed", "11", "--steps", "3", "--width", "32", "--height", "32"]
+    assert main(["generate", "a red circle", "--lora", f"{two_loras[0]}:0.6:0.3", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["generate", "a red circle <lora:first:0.6:0.3>", "--lora-dir", str(library), "--out",
+                 str(tmp_path / "b"), *common]) == 0
+    flag, tag = capsys.readouterr().out.split()
+    assert np.array_equal(np.asarray(Image.open(flag)), np.asarray(Image.open(tag)))
+    assert main(["generate", "x <lora:frist:1>", "--lora-dir", str(library), *common]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: <lora:frist>: no frist.safetensors in the LoRA folder {library} (did you mean first?); "
+        "set --lora-dir or fix the name")
+
+
+def test_generation_dtype_is_half_on_cuda_and_fp32_on_the_cpu_and_weight_0_is_the_base_in_fp16(tiny_base, two_loras):
+    from lora_diffusion.generation.precision import generation_dtype
+    from lora_diffusion.models.loading import load_pipeline
+
+    assert generation_dtype("auto", "cuda") == torch.float16 and generation_dtype("auto", "cuda:1") == torch.float16
+    assert generation_dtype("auto", "cpu") == torch.float32 and generation_dtype("BF16", "cuda") == torch.bfloat16
+    with pytest.raises(UserError, match=r"^--dtype 'half' is not known; choose auto, fp16, bf16 or fp32$"):
+        generation_dtype("half", "cpu")
+    engine = GenerationEngine(device="cpu", dtype=torch.float16)
+    engine.set_loras(tiny_base, [LoraChoice(two_loras[0], 0.8), LoraChoice(two_loras[1], -0.5)])
+    engine.set_loras(tiny_base, [LoraChoice(two_loras[0], 0.0)])
+    blended = engine.pipeline(tiny_base).unet.state_dict()
+    reference = load_pipeline(tiny_base, dtype=torch.float16).unet.state_dict()
+    wrapped = [k for k in reference if k not in blended]  # the LoRA-wrapped layers keep W under base_layer
+    assert len(wrapped) >= 32
+    for key, value in reference.items():
+        ours = blended[key] if key in blended else blended[key.replace(".weight", ".base_layer.weight")
+                                                         .replace(".bias", ".base_layer.bias")]
+        assert ours.dtype == torch.float16 and torch.equal(ours, value), key

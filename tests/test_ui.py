@@ -170,3 +170,21 @@ def test_library_convert_and_merge(tmp_path, lora_dir):
         _merge(state, "../../etc:1, bold:1", "y")
     with pytest.raises(UserError, match="already exists"):
         _merge(state, "bold:1, sepia-ish:1", "mix")
+
+
+def test_a_typed_lora_tag_generates_the_same_image_as_the_slot(tmp_path, lora_dir):
+    import numpy as np
+    from PIL import Image
+
+    from lora_diffusion.ui.app import UiState
+
+    state = UiState(str(lora_dir), out_dir=str(tmp_path / "out"), device="cpu")
+    off = [False, None, 1.0] * 4
+    by_slot, params_slot = state.generate("builtin", "a blue square", "", 3, 2, 5.0, 64, 64, "Euler", 1,
+                                          [True, "sepia-ish", 0.6] + off[3:])
+    by_tag, params_tag = state.generate("builtin", "a blue square <lora:sepia-ish:0.6>", "", 3, 2, 5.0, 64, 64,
+                                        "Euler", 1, off)
+    assert np.array_equal(np.asarray(Image.open(by_slot[0][0])), np.asarray(Image.open(by_tag[0][0])))
+    assert params_slot == params_tag and "a blue square <lora:sepia-ish:0.6>" in params_tag
+    with pytest.raises(UserError, match="no LoRA named 'nope'"):
+        state.generate("builtin", "x <lora:nope:1>", "", 3, 2, 5.0, 64, 64, "Euler", 1, off)

@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-images", type=int, default=1, help="images to write (seeds S, S+1, ...)")
     parser.add_argument("--scheduler", default="DPM++ 2M", help=f"sampler: {', '.join(sampler_names())}")
     parser.add_argument("--out", default="outputs", help="folder for the PNGs")
+    parser.add_argument("--lora-dir", default="loras", help="folder where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors")
+    parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))")
     parser.set_defaults(run=run)
@@ -40,20 +42,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..generation.engine import GenerationEngine, LoraChoice, next_index
     from ..generation.params import save_png
+    from ..generation.precision import generation_dtype
+    from ..generation.prompt_tags import resolve_tag, split_lora_tags
 
     # every input is checked before the base loads: a typo costs a second, not a model load
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = generation_dtype(args.dtype, device)
+    prompt, tags = split_lora_tags(args.prompt)
     choices = [LoraChoice.parse(spec) for spec in args.lora]
+    choices += [LoraChoice(str(resolve_tag(tag, args.lora_dir)), tag.weight, tag.text_weight) for tag in tags]
     for choice in choices:
         if not Path(choice.path).is_file():
             raise UserError(f"--lora {choice.path}: file not found; check the path")
     if not any(name.lower() == args.scheduler.strip().lower() for name in sampler_names()):
         raise UserError(f"--scheduler {args.scheduler!r} is not known; choose one of: {', '.join(sampler_names())}")
     writable_folder(args.out, "--out")
-    engine = GenerationEngine(allow_pickle=args.allow_pickle)
+    engine = GenerationEngine(device=device, dtype=dtype, allow_pickle=args.allow_pickle)
     results = engine.generate(
-        args.prompt, base=args.base, loras=choices, negative_prompt=args.negative_prompt, seed=args.seed,
+        prompt, base=args.base, loras=choices, negative_prompt=args.negative_prompt, seed=args.seed,
         steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
         num_images=args.num_images, scheduler=args.scheduler,
     )

@@ -18,6 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", default=None, help="folder whose diffusers folders and .safetensors checkpoints are offered as bases")
     parser.add_argument("--out", default=None, help="folder for generated PNGs (default: outputs next to the LoRA folder)")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login")
+    parser.add_argument("--dtype", default="auto", help="generation precision: auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.set_defaults(run=run)
     return parser
@@ -30,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1-65535)")
     launch(args.lora_dir, base=args.base, host=args.host, port=args.port, auth=args.auth,
-           models_dir=args.models_dir, out_dir=args.out, share=args.share)
+           models_dir=args.models_dir, out_dir=args.out, share=args.share, dtype=args.dtype)
     return 0

@@ -32,15 +32,19 @@ class UiState:
     """What the page's callbacks share: library, engine (behind a lock), training job, folders."""
 
     def __init__(self, lora_dir: str, base: str = "builtin", models_dir: str | None = None,
-                 out_dir: str | None = None, device: str | None = None):
+                 out_dir: str | None = None, device: str | None = None, dtype: str = "auto"):
+        import torch
+
         from ..generation.engine import GenerationEngine
+        from ..generation.precision import generation_dtype
 
         self.library = LoraLibrary(lora_dir)
         self.default_base = base
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.out_dir = Path(out_dir).expanduser().resolve() if out_dir else self.library.folder.parent / "outputs"
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = GenerationEngine(device=device)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.engine = GenerationEngine(device=device, dtype=generation_dtype(dtype, device))
         self.engine_lock = threading.Lock()  # the engine re-blends weights in place: one request at a time
         self.job = TrainingJob(self.library)
 
@@ -60,10 +64,12 @@ class UiState:
                  width: float, height: float, scheduler: str, num_images: float, slots: list) -> tuple[list, str]:
         from ..generation.engine import LoraChoice, next_index
         from ..generation.params import save_png
+        from ..generation.prompt_tags import split_lora_tags
 
         if not (prompt or "").strip():
             raise UserError("write a prompt first")
-        choices = []
+        prompt, tags = split_lora_tags(prompt)  # A1111's <lora:NAME:W> picks library LoRAs too
+        choices = [LoraChoice(str(self.library.path(t.name)), t.weight, t.text_weight) for t in tags]
         for enabled, name, weight in zip(slots[0::3], slots[1::3], slots[2::3]):
             if enabled and name:
                 choices.append(LoraChoice(str(self.library.path(name)), float(weight)))
@@ -382,9 +388,9 @@ def build_app(state: UiState):
 
 def launch(lora_dir: str, base: str = "builtin", host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
            models_dir: str | None = None, out_dir: str | None = None, share: bool = False,
-           block: bool = True):
+           block: bool = True, dtype: str = "auto"):
     """Build and start the page; returns (demo, url)."""
-    state = UiState(lora_dir, base, models_dir, out_dir)
+    state = UiState(lora_dir, base, models_dir, out_dir, dtype=dtype)
     demo = build_app(state)
     credentials = None
     if auth:
