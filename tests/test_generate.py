@@ -189,3 +189,47 @@ def test_generation_dtype_is_half_on_cuda_and_fp32_on_the_cpu_and_weight_0_is_th
         ours = blended[key] if key in blended else blended[key.replace(".weight", ".base_layer.weight")
                                                          .replace(".bias", ".base_layer.bias")]
         assert ours.dtype == torch.float16 and torch.equal(ours, value), key
+
+
+def test_from_png_regenerates_the_same_image_with_its_loras(tiny_base, two_loras, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    library = tmp_path / "loras"
+    library.mkdir()
+    shutil.copy(two_loras[1], library / "second.safetensors")
+    assert main(["generate", "a green square <lora:second:0.7>", "--negative-prompt", "blurry", "--base", tiny_base,
+                 "--lora-dir", str(library), "--seed", "21", "--steps", "3", "--guidance", "6.5", "--scheduler",
+                 "Euler a", "--width", "32", "--height", "40", "--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["generate", "--from-png", first, "--base", tiny_base, "--lora-dir", str(library),
+                 "--out", str(tmp_path / "b")]) == 0
+    again = capsys.readouterr().out.strip()
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+    assert Image.open(first).text["parameters"] == Image.open(again).text["parameters"]
+    assert main(["generate", "--from-png", first, "--base", tiny_base, "--lora-dir", str(tmp_path)]) == 2
+    assert "<lora:second>: no second.safetensors in the LoRA folder" in capsys.readouterr().err
+
+
+def test_grid_has_a_cell_per_weight_and_seed_and_the_zero_row_is_the_base(tiny_base, two_loras, tmp_path, capsys):
+    from PIL import Image
+
+    from lora_diffusion.generation.grid import LABEL_PX
+
+    out = tmp_path / "grid.png"
+    assert main(["grid", "a red circle", "--base", tiny_base, "--lora", two_loras[0], "--weights", "0,1",
+                 "--seeds", "3,4,5", "--steps", "2", "--width", "32", "--height", "32", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.size == (LABEL_PX * 4 + 3 * 32, LABEL_PX + 2 * 32)
+    assert grid.text["grid"] == "rows: l0 0 | l0 1\ncolumns: seed 3 | seed 4 | seed 5"
+    cells = grid.text["parameters"].split("\n\n")
+    assert len(cells) == 6 and "Seed: 3" in cells[0] and "Seed: 5" in cells[5] and "<lora:l0:1>" in cells[5]
+    assert main(["generate", "a red circle", "--base", tiny_base, "--seed", "4", "--steps", "2", "--width", "32",
+                 "--height", "32", "--out", str(tmp_path / "plain")]) == 0
+    plain = np.asarray(Image.open(capsys.readouterr().out.split()[-1]))
+    cell = np.asarray(grid)[LABEL_PX:LABEL_PX + 32, LABEL_PX * 4 + 32:LABEL_PX * 4 + 64]
+    assert np.array_equal(cell, plain)  # weight 0, seed 4: exactly the base's image
+    assert main(["grid", "x", "--lora", two_loras[0], "--weights", "0,half"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --weights '0,half': write comma-separated numbers, e.g. --weights 0,0.5,1")

@@ -18,7 +18,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Write PNGs (parameters in the PNG text chunk 'parameters') and print each path.",
         formatter_class=ShowDefaults,
     )
-    parser.add_argument("prompt", metavar="PROMPT", help="what to draw")
+    parser.add_argument("prompt", metavar="PROMPT", nargs="?", default=None,
+                        help="what to draw; <lora:NAME:WEIGHT> tags pick LoRAs from --lora-dir")
+    parser.add_argument("--from-png", default=None, metavar="FILE",
+                        help="take prompt, negative prompt, seed, steps, sampler, CFG, size and LoRAs (from --lora-dir) "
+                             "from a PNG's parameters (ours or A1111's); flags given here win")
     parser.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from")
     parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT[:TEXT_WEIGHT]]",
@@ -52,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     # every input is checked before the base loads: a typo costs a second, not a model load
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = generation_dtype(args.dtype, device)
+    if args.from_png:
+        _fill_from_png(args)
+    if not (args.prompt or "").strip():
+        raise UserError("give a PROMPT (or --from-png FILE to reuse an image's parameters)")
     prompt, tags = split_lora_tags(args.prompt)
     choices = [LoraChoice.parse(spec) for spec in args.lora]
     choices += [LoraChoice(str(resolve_tag(tag, args.lora_dir)), tag.weight, tag.text_weight) for tag in tags]
@@ -73,3 +81,28 @@ def run(args: argparse.Namespace) -> int:
         path = save_png(image, out / f"{index + offset:05d}-{params.seed}.png", params)
         print(path)
     return 0
+
+
+def _fill_from_png(args: argparse.Namespace) -> None:
+    """Settings the command line left at their defaults come from the PNG's parameters."""
+    from ..generation.params import read_png_params
+
+    path = Path(args.from_png)
+    try:
+        params = read_png_params(path)
+    except FileNotFoundError:
+        raise UserError(f"--from-png {path}: file not found; check the path") from None
+    except KeyError:
+        raise UserError(f"--from-png {path}: no generation parameters in this PNG (A1111 'parameters' text)") from None
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for non-PNG files
+        raise UserError(f"--from-png {path}: not a readable PNG ({type(error).__name__})") from None
+    tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in params.loras)
+    args.prompt = args.prompt or (params.prompt + tags)
+    args.negative_prompt = args.negative_prompt or params.negative_prompt
+    args.seed = params.seed if args.seed is None else args.seed
+    args.width = args.width or params.width
+    args.height = args.height or params.height
+    for key, value, default in (("steps", params.steps, 20), ("guidance", params.cfg_scale, 5.0),
+                                ("scheduler", params.sampler, "DPM++ 2M")):
+        if getattr(args, key) == default and value:
+            setattr(args, key, value)

@@ -10,10 +10,10 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
+from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, grid_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
 
 # each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
-COMMANDS = [train_cmd, generate_cmd, ui_cmd, inspect_cmd, convert_cmd, merge_cmd, bake_cmd, extract_cmd, resize_cmd, quickstart_cmd]
+COMMANDS = [train_cmd, generate_cmd, grid_cmd, ui_cmd, inspect_cmd, convert_cmd, merge_cmd, bake_cmd, extract_cmd, resize_cmd, quickstart_cmd]
 
 
 class OneLineParser(argparse.ArgumentParser):

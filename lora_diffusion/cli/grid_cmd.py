@@ -1,0 +1,85 @@
+"""`lora-diffusion grid PROMPT --lora FILE --weights 0,0.5,1 [--seeds 1,2,3 | --prompts ... | --lora2 ...]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from .formatting import ShowDefaults
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "grid",
+        help="compare LoRA weights: one labelled PNG, rows = weights, columns = seeds, prompts or a second LoRA",
+        description="A1111's X/Y plot for LoRA weights. Every cell of a column uses the same seed, so only the "
+                    "weight changes down a column; the PNG keeps each cell's parameters.",
+        formatter_class=ShowDefaults,
+    )
+    parser.add_argument("prompt", metavar="PROMPT", help="what to draw (the first column's prompt with --prompts)")
+    parser.add_argument("--lora", required=True, metavar="FILE[:WEIGHT[:TEXT_WEIGHT]]",
+                        help="the LoRA whose weights make the rows (a TEXT_WEIGHT scales with the row's weight)")
+    parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="row weights, comma-separated")
+    parser.add_argument("--seeds", default="1", help="column seeds, comma-separated (one seed for --prompts/--lora2)")
+    parser.add_argument("--prompts", default=None, metavar="P1|P2|...", help="columns: these prompts instead of seeds")
+    parser.add_argument("--lora2", default=None, metavar="FILE", help="columns: a second LoRA at --weights2")
+    parser.add_argument("--weights2", default="0,0.5,1", help="column weights of --lora2")
+    parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
+    parser.add_argument("--negative-prompt", default="", metavar="TEXT")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--width", type=int, default=None, help="cell width (default: the base's native size)")
+    parser.add_argument("--height", type=int, default=None, help="cell height (default: the base's native size)")
+    parser.add_argument("--scheduler", default="DPM++ 2M")
+    parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
+    parser.add_argument("--out", default="grid.png", help="the grid PNG to write")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _numbers(text: str, flag: str, kind=float) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: write comma-separated numbers, e.g. {flag} 0,0.5,1") from None
+    if not values:
+        raise UserError(f"{flag} is empty; write comma-separated numbers, e.g. {flag} 0,0.5,1")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..generation.engine import GenerationEngine, LoraChoice
+    from ..generation.grid import Column, save_grid, weight_grid
+    from ..generation.precision import generation_dtype
+    from ..writable import writable_file
+
+    lora = LoraChoice.parse(args.lora)
+    for path, flag in ((lora.path, "--lora"), (args.lora2, "--lora2")):
+        if path and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: file not found; check the path")
+    weights = _numbers(args.weights, "--weights")
+    seeds = _numbers(args.seeds, "--seeds", int)
+    if args.prompts is not None and args.lora2:
+        raise UserError("--prompts and --lora2 both make columns; pick one")
+    if args.prompts is not None:
+        prompts = [p.strip() for p in args.prompts.split("|") if p.strip()]
+        columns = [Column(p[:24], p, seeds[0]) for p in [args.prompt, *prompts]]
+    elif args.lora2:
+        name = Path(args.lora2).stem
+        columns = [Column(f"{name} {w:g}", args.prompt, seeds[0], (LoraChoice(args.lora2, w),))
+                   for w in _numbers(args.weights2, "--weights2")]
+    else:
+        columns = [Column(f"seed {s}", args.prompt, s) for s in seeds]
+    out = writable_file(args.out, "--out")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = GenerationEngine(device=device, dtype=generation_dtype(args.dtype, device))
+    grid, params = weight_grid(engine, base=args.base, lora=lora, weights=weights, columns=columns,
+                               negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+                               width=args.width, height=args.height, scheduler=args.scheduler)
+    path = save_grid(grid, out, params, [f"{Path(lora.path).stem} {w:g}" for w in weights],
+                     [c.label for c in columns])
+    print(path)
+    return 0

@@ -1,0 +1,73 @@
+"""A1111's X/Y plot for LoRA weights: one labelled PNG, rows = one LoRA's weights, columns = seeds,
+prompts or a second LoRA's weights. Every cell uses its column's seed, so only the weight changes
+down a column; the engine re-weights in place, so no file is read twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from .engine import GenerationEngine, LoraChoice
+from .params import GenerationParams
+
+LABEL_PX = 24  # height of the column-label band; row labels get a band of 4x this width
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    prompt: str
+    seed: int
+    extra: tuple[LoraChoice, ...] = ()
+
+
+def weight_grid(engine: GenerationEngine, *, base: str, lora: LoraChoice, weights: list[float], columns: list[Column],
+                negative_prompt: str = "", steps: int = 20, guidance: float = 5.0, width: int | None = None,
+                height: int | None = None, scheduler: str = "DPM++ 2M") -> tuple[Image.Image, list[GenerationParams]]:
+    """The grid image and the parameters of every cell (row by row)."""
+    cells: list[list[Image.Image]] = []
+    params: list[GenerationParams] = []
+    for weight in weights:
+        row = []
+        for column in columns:
+            choice = LoraChoice(lora.path, weight, None if lora.text_weight is None else lora.text_weight * weight)
+            (image, cell), = engine.generate(column.prompt, base=base, loras=[choice, *column.extra],
+                                            negative_prompt=negative_prompt, seed=column.seed, steps=steps,
+                                            guidance=guidance, width=width, height=height, scheduler=scheduler)
+            row.append(image)
+            params.append(cell)
+        cells.append(row)
+    name = Path(lora.path).stem
+    return _compose(cells, [f"{name} {w:g}" for w in weights], [c.label for c in columns]), params
+
+
+def _compose(cells: list[list[Image.Image]], row_labels: list[str], column_labels: list[str]) -> Image.Image:
+    width, height = cells[0][0].size
+    left = LABEL_PX * 4
+    grid = Image.new("RGB", (left + width * len(column_labels), LABEL_PX + height * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for c, label in enumerate(column_labels):
+        draw.text((left + c * width + 4, 6), label, fill="black", font=font)
+    for r, label in enumerate(row_labels):
+        draw.text((4, LABEL_PX + r * height + height // 2 - 6), label, fill="black", font=font)
+        for c, image in enumerate(cells[r]):
+            grid.paste(image, (left + c * width, LABEL_PX + r * height))
+    return grid
+
+
+def save_grid(grid: Image.Image, path: Path, params: list[GenerationParams], rows: list[str], columns: list[str]) -> Path:
+    """The grid PNG, with every cell's A1111 parameters and the axes in its text chunks; atomic."""
+    import os
+
+    info = PngInfo()
+    info.add_text("parameters", "\n\n".join(p.to_text() for p in params))
+    info.add_text("grid", f"rows: {' | '.join(rows)}\ncolumns: {' | '.join(columns)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
