@@ -230,6 +230,14 @@ def test_grid_has_a_cell_per_weight_and_seed_and_the_zero_row_is_the_base(tiny_b
     plain = np.asarray(Image.open(capsys.readouterr().out.split()[-1]))
     cell = np.asarray(grid)[LABEL_PX:LABEL_PX + 32, LABEL_PX * 4 + 32:LABEL_PX * 4 + 64]
     assert np.array_equal(cell, plain)  # weight 0, seed 4: exactly the base's image
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a blue square\n\na green circle\n")
+    assert main(["grid", "a red circle", "--base", tiny_base, "--lora", two_loras[0], "--weights", "0,0.5,1",
+                 "--prompts", str(prompts), "--steps", "2", "--width", "32", "--height", "32", "--out",
+                 str(tmp_path / "p.png")]) == 0
+    capsys.readouterr()
+    assert Image.open(tmp_path / "p.png").text["grid"] == (
+        "rows: l0 0 | l0 0.5 | l0 1\ncolumns: a red circle | a blue square | a green circle")
     assert main(["grid", "x", "--lora", two_loras[0], "--weights", "0,half"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --weights '0,half': write comma-separated numbers, e.g. --weights 0,0.5,1")

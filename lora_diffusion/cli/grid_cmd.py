@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="the LoRA whose weights make the rows (a TEXT_WEIGHT scales with the row's weight)")
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="row weights, comma-separated")
     parser.add_argument("--seeds", default="1", help="column seeds, comma-separated (one seed for --prompts/--lora2)")
-    parser.add_argument("--prompts", default=None, metavar="P1|P2|...", help="columns: these prompts instead of seeds")
+    parser.add_argument("--prompts", default=None, metavar="FILE",
+                        help="columns: PROMPT, then one prompt per line of FILE (all at the first seed)")
     parser.add_argument("--lora2", default=None, metavar="FILE", help="columns: a second LoRA at --weights2")
     parser.add_argument("--weights2", default="0,0.5,1", help="column weights of --lora2")
     parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
@@ -65,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts is not None and args.lora2:
         raise UserError("--prompts and --lora2 both make columns; pick one")
     if args.prompts is not None:
-        prompts = [p.strip() for p in args.prompts.split("|") if p.strip()]
+        try:
+            prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"--prompts {args.prompts}: cannot read it ({type(error).__name__}); give a text file "
+                            "with one prompt per line") from None
         columns = [Column(p[:24], p, seeds[0]) for p in [args.prompt, *prompts]]
     elif args.lora2:
         name = Path(args.lora2).stem
