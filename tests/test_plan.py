@@ -107,6 +107,7 @@ def test_sdxl_on_a_small_gpu_without_bf16():
     assert (c.resolution, c.batch_size, c.mixed_precision, c.gradient_checkpointing, c.bucketing) == (
         1024, 1, "fp16", True, True)
     assert c.steps == 3000 and plan.reasons["mixed_precision"] == "GPU has no bf16"
+    assert c.cuda_graphs is False and plan.reasons["cuda_graphs"] == "fp16 runs eagerly (autocast with loss scaling)"
     assert plan.reasons["gradient_checkpointing"] == "GPU has under 16 GiB"
 
 

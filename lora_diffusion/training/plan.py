@@ -195,6 +195,8 @@ def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts) -> str | None:
         return "gradient accumulation runs eagerly"
     if cfg.train_text_encoder:
         return "text-encoder training runs eagerly"
+    if cfg.mixed_precision == "fp16":
+        return "fp16 runs eagerly (autocast with loss scaling)"
     return None
 
 
