@@ -258,6 +258,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             return lambda key: data.pixels(key[0], epoch, key[1])
         return lambda key: prefetch.get((key[0], epoch, key[1]))
 
+    def prefetch_after(micro_index: int) -> None:
+        for later in range(micro_index + 1, min(micro_index + 1 + ahead, cfg.steps * cfg.gradient_accumulation)):
+            later_indices, later_epoch = batch_for(later)
+            prefetch.want((i, later_epoch, data.placement(i, later_epoch).flipped) for i in later_indices)
+
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
     if isinstance(step_unet, GraphedUNet) and main and progress:
         step_unet.report = lambda text: _note(bar, text)
@@ -278,9 +283,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                 micro_index = step * cfg.gradient_accumulation + micro
                 indices, epoch = batch_for(micro_index)
                 if prefetch is not None:
-                    for later in range(micro_index + 1, min(micro_index + 1 + ahead, cfg.steps * cfg.gradient_accumulation)):
-                        later_indices, later_epoch = batch_for(later)
-                        prefetch.want((i, later_epoch, data.placement(i, later_epoch).flipped) for i in later_indices)
+                    prefetch_after(micro_index)
                 generator = _step_generator(cfg.seed, step, micro, rank, accelerator.device)
                 with accelerator.accumulate(unet_p):
                     latents = encoders.latent_batch([data.cache_key(i, epoch) for i in indices], pixels_for(epoch),
