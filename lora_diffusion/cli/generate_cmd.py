@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow a .ckpt/.pt/.bin base (read with torch.load(weights_only=True))")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, parser=parser)
     return parser
 
 
@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     dtype = generation_dtype(args.dtype, device)
     if args.from_png:
         _fill_from_png(args)
-    if not (args.prompt or "").strip():
-        raise UserError("give a PROMPT (or --from-png FILE to reuse an image's parameters)")
+    if args.prompt is None:
+        args.parser.error("the following arguments are required: PROMPT")  # as when it was positional-only
+    if not args.prompt.strip():
+        raise UserError("PROMPT is empty; write what to draw (or use --from-png FILE to reuse an image's parameters)")
     prompt, tags = split_lora_tags(args.prompt)
     choices = [LoraChoice.parse(spec) for spec in args.lora]
     choices += [LoraChoice(str(resolve_tag(tag, args.lora_dir)), tag.weight, tag.text_weight) for tag in tags]
