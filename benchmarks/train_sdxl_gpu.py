@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -46,8 +47,11 @@ def run(base: Path, data: Path, out: Path, images: int, batch: int, variant: str
     started = time.perf_counter()
     train(cfg, progress=False, on_step=lambda record: (torch.cuda.synchronize(), times.append(time.perf_counter())))
     total = time.perf_counter() - started
+    if not times:  # on_step runs on the main process only; the other ranks just train
+        return {}
     gaps = [b - a for a, b in zip(times[warm:], times[warm + 1:])]
-    return {"variant": variant, "batch": batch, "img_s": batch / statistics.median(gaps),
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under `accelerate launch` every process takes a batch
+    return {"variant": variant, "batch": batch, "world": world, "img_s": batch * world / statistics.median(gaps),
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "first_step_s": times[0] - started,
             "total_s": total, "steps": cfg.steps}
 
@@ -63,15 +67,18 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     args = parser.parse_args()
     started = time.time()
-    base, data = prepare(args.work, args.images)
-    print(f"setup {time.time() - started:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    print("| variant | batch | img/s (steady) | peak GPU memory (GiB) | first step (s) | run (s) | steps |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    main_process = os.environ.get("RANK", "0") == "0"
+    base, data = prepare(args.work, args.images)  # under `accelerate launch`, build it in a run before
+    if main_process:
+        print(f"setup {time.time() - started:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        print("| variant | GPUs | batch per GPU | img/s (steady) | peak GPU memory (GiB) | first step (s) | run (s) | steps |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
     for variant in args.variants:
         for batch in args.batches:
             r = run(base, data, args.work / "runs", args.images, batch, variant, args.rank)
-            print(f"| {r['variant']} | {r['batch']} | {r['img_s']:.2f} | {r['peak_gib']:.2f} | "
-                  f"{r['first_step_s']:.0f} | {r['total_s']:.0f} | {r['steps']} |", flush=True)
+            if main_process and r:
+                print(f"| {r['variant']} | {r['world']} | {r['batch']} | {r['img_s']:.2f} | {r['peak_gib']:.2f} | "
+                      f"{r['first_step_s']:.0f} | {r['total_s']:.0f} | {r['steps']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class TrainConfig:
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "trade compute for memory (derived: on for GPUs with little memory)"})
     offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})
     compile: bool | None = field(default=None, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two; derived: on for long GPU runs)"})
-    cuda_graphs: bool | None = field(default=None, metadata={"help": "replay the UNet's forward and backward as CUDA graphs: no compiler, captured in seconds (derived: on for one CUDA GPU without torch.compile, gradient accumulation or text-encoder training)"})
+    cuda_graphs: bool | None = field(default=None, metadata={"help": "replay the UNet's forward and backward as CUDA graphs: no compiler, captured in seconds (derived: on for CUDA GPUs without torch.compile, gradient accumulation, fp16 or text-encoder training)"})
     compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
     nan_policy: str = field(default="skip", metadata={"help": "on a NaN/inf loss or gradient: skip the update (warn) or stop"})
     max_bad_steps: int = field(default=10, metadata={"help": "with nan_policy skip: stop after this many bad steps in a row"})

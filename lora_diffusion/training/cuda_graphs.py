@@ -7,9 +7,11 @@ one backward once and replays them with two launches. Each input shape (bucket) 
 of graphs, all drawing on one memory pool: steps run one after another, so a graph's intermediate
 memory is free again before the next graph runs.
 
-Limits, checked by the caller: one process, no gradient accumulation (the graphs' gradient
+Limits, checked by the caller (plan.py): no gradient accumulation (the graphs' gradient
 buffers are handed to the parameters, and a second backward before the optimizer step would
-overwrite them), no trained text encoder (its gradients flow through the UNet's inputs).
+overwrite them), no trained text encoder (its gradients flow through the UNet's inputs), no fp16 autocast.
+With several processes the trainer averages the gradients itself (grad_sync.py): DDP's hooks do not run
+inside a replayed graph.
 """
 
 from __future__ import annotations

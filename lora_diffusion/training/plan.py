@@ -189,8 +189,6 @@ def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts) -> str | None:
         return "CUDA graphs need a CUDA GPU"
     if cfg.compile:
         return "torch.compile is on (its reduce-overhead mode makes its own graphs)"
-    if device.processes > 1:
-        return "several processes (data-parallel) run eagerly"
     if cfg.gradient_accumulation > 1:
         return "gradient accumulation runs eagerly"
     if cfg.train_text_encoder:

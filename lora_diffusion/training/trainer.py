@@ -34,6 +34,7 @@ from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
 from .cuda_graphs import GraphedUNet
 from .encoders import Encoders
+from .grad_sync import average_gradients
 from .lean_activations import lean_feed_forwards
 from .objective import denoising_loss
 from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
@@ -200,8 +201,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
     # frozen text encoders are not prepared: accelerate would move offloaded ones back to the GPU
     trained_te = list(text_encoders) if cfg.train_text_encoder else []
-    unet_p, *te_p, optimizer, lr_scheduler = accelerator.prepare(
-        unet, *(text_encoders[r] for r in trained_te), optimizer, lr_scheduler)
+    # CUDA graphs bypass DDP's backward hooks: with several processes the UNet stays unwrapped and the
+    # loop averages the adapter's gradients itself (grad_sync.py)
+    own_sync = bool(cfg.cuda_graphs) and accelerator.num_processes > 1
+    *models, optimizer, lr_scheduler = accelerator.prepare(
+        *(() if own_sync else (unet,)), *(text_encoders[r] for r in trained_te), optimizer, lr_scheduler)
+    unet_p, te_p = (unet, models) if own_sync else (models[0], models[1:])
     # the loop calls the prepared (under multi-GPU: gradient-synchronised) text encoders
     conditioning.encoders = text_encoders | dict(zip(trained_te, te_p))
     if cfg.compile:
@@ -296,6 +301,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                                               added_cond_kwargs=added, min_snr_gamma=cfg.min_snr_gamma,
                                               noise_offset=cfg.noise_offset)
                     accelerator.backward(loss)
+                    if own_sync and accelerator.sync_gradients:
+                        average_gradients(params, accelerator.num_processes)
                     mean_loss = accelerator.gather(loss.detach()).mean().float()
                     loss_sum = mean_loss if loss_sum is None else loss_sum + mean_loss
                     if accelerator.sync_gradients:
