@@ -13,6 +13,7 @@ import torch
 
 from ..data.dataset import Geometry
 from ..data.prefetch import Prefetcher, default_workers
+from .objective import Share
 
 
 class Encoders:
@@ -34,7 +35,7 @@ class Encoders:
         return dist.mean.float(), dist.std.float()
 
     def latent_batch(self, keys: list[Hashable], pixels_for: Callable[[Hashable], torch.Tensor],
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, share: Share | None = None) -> torch.Tensor:
         """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now.
         ``keys`` name the samples' fixed images (``TrainingData.cache_key``) and ``pixels_for`` makes one."""
         missing = list(dict.fromkeys(k for k in keys if k not in self.latents))
@@ -47,7 +48,8 @@ class Encoders:
         pairs = [fresh[k] if k in fresh else self.latents[k] for k in keys]
         mean = torch.cat([m.to(self.device) for m, _ in pairs])
         std = torch.cat([s.to(self.device) for _, s in pairs])
-        sample = mean + std * torch.randn(mean.shape, generator=generator, device=generator.device).to(self.device)
+        share = share or Share(0, len(keys))
+        sample = mean + std * share.randn(tuple(mean.shape), generator).to(self.device)
         return (sample - self.shift) * self.scaling
 
     def encode_all(self, data, batch_size: int) -> None:

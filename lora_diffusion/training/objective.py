@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's rows ``[start, start + n)`` of a global batch of ``total`` rows. Every random draw
+    is made for the whole global batch and sliced, so N processes at batch B compute what one process
+    computes at batch N·B (and a lone process, ``Share(0, B)``, draws exactly as before)."""
+
+    start: int
+    total: int
+
+    def randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        full = torch.randn((self.total, *shape[1:]), generator=generator, device=generator.device)
+        return full[self.start : self.start + shape[0]]
+
+    def randint(self, high: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        full = torch.randint(0, high, (self.total,), generator=generator, device=generator.device)
+        return full[self.start : self.start + n]
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -13,7 +33,7 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
                    *, added_cond_kwargs: dict | None = None, min_snr_gamma: float = 0.0,
-                   noise_offset: float = 0.0) -> torch.Tensor:
+                   noise_offset: float = 0.0, share: Share | None = None) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
     ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning.
@@ -21,12 +41,12 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
     so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
     b = latents.shape[0]
-    where = generator.device
-    noise = torch.randn(latents.shape, generator=generator, device=where).to(latents.device, latents.dtype)
+    share = share or Share(0, b)
+    noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
     if noise_offset:
-        offset = torch.randn((b, latents.shape[1], 1, 1), generator=generator, device=where).to(latents.device, latents.dtype)
+        offset = share.randn((b, latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
         noise = noise + noise_offset * offset
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=where).to(latents.device)
+    timesteps = share.randint(scheduler.config.num_train_timesteps, b, generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":

@@ -56,7 +56,8 @@ class DeviceFacts:
         import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # cpu=True on a machine without CUDA lets `torchrun --nproc_per_node N` run data-parallel over gloo
+        state = PartialState(cpu=not torch.cuda.is_available())
         device, processes = state.device, state.num_processes
         if device.type != "cuda":
             return cls(device.type, 0.0, False, device.type.upper(), processes)

@@ -36,7 +36,7 @@ from .cuda_graphs import GraphedUNet
 from .encoders import Encoders
 from .grad_sync import average_gradients
 from .lean_activations import lean_feed_forwards
-from .objective import denoising_loss
+from .objective import Share, denoising_loss
 from .plan import BaseFacts, DeviceFacts, Plan, default_precision, derive_plan, format_duration, long_cpu_run_advice
 
 ADAPTER = "lora"
@@ -73,11 +73,12 @@ def load_examples(cfg: TrainConfig, cache: Path):
     return scan.examples, scan.skipped
 
 
-def _step_generator(seed: int, step: int, micro: int, process: int, device: torch.device) -> torch.Generator:
+def _step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
     """The step's own random stream, on the training device (no host-to-device copies of noise):
-    a step's randomness depends only on (seed, step, micro-batch, process), so resumed runs match."""
+    a step's randomness depends only on (seed, step, micro-batch), so resumed runs match, and every
+    process draws the same global-batch noise and keeps its own rows (objective.Share)."""
     generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
-    return generator.manual_seed((seed * 1_000_003 + step * 101 + micro * 7 + process * 7919) % (2**63 - 1))
+    return generator.manual_seed((seed * 1_000_003 + step * 101 + micro * 7) % (2**63 - 1))
 
 
 def _make_optimizer(cfg: TrainConfig, groups, device: torch.device):
@@ -119,7 +120,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     # autocast would run every GroupNorm in fp32 and keep fp32 activations, +15-25% memory on SDXL.
     # fp16 keeps accelerate's autocast and loss scaling, which fp16's narrow range needs.
     accelerator = Accelerator(mixed_precision="fp16" if precision == "fp16" else "no",
-                              gradient_accumulation_steps=cfg.gradient_accumulation)
+                              gradient_accumulation_steps=cfg.gradient_accumulation, cpu=device.kind == "cpu")
     main = accelerator.is_main_process
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
@@ -238,20 +239,25 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     settings = to_dict(cfg)
 
     # 5. the loop
-    per_step = cfg.batch_size
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.batch_size * world  # the global batch, split across processes
     # the number of batches per epoch does not depend on the shuffle, so it is computed once
     batches_per_epoch = max(1, len(data.batches(0, per_step)))
     epoch_batches: dict[int, list[list[int]]] = {}
-    world, rank = accelerator.num_processes, accelerator.process_index
 
-    def batch_for(micro_index: int) -> tuple[list[int], int]:
-        # every process takes its own batch of the same deterministic sequence
-        epoch, position = divmod(micro_index * world + rank, batches_per_epoch)
+    def batch_for(micro_index: int) -> tuple[list[int], int, Share]:
+        """This process's part of the global batch, its epoch, and where the part sits in the batch."""
+        epoch, position = divmod(micro_index, batches_per_epoch)
         if epoch not in epoch_batches:
             if len(epoch_batches) > 1:  # the current epoch and the next (looked at by the prefetcher)
                 del epoch_batches[min(epoch_batches)]
             epoch_batches[epoch] = data.batches(epoch, per_step)
-        return epoch_batches[epoch][position], epoch
+        batch = epoch_batches[epoch][position]
+        each = math.ceil(len(batch) / world)
+        # a bucket's last batch may be short: a process left without rows repeats the last one
+        start = min(rank * each, len(batch) - 1)
+        stop = max(start + 1, min(len(batch), start + each))
+        return batch[start:stop], epoch, Share(start, len(batch))
 
     # uncached pixels (random crops, cache off) are made on worker threads a few batches ahead
     prefetch = (Prefetcher(lambda key: data.pixels(*key), default_workers())
@@ -265,7 +271,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
 
     def prefetch_after(micro_index: int) -> None:
         for later in range(micro_index + 1, min(micro_index + 1 + ahead, cfg.steps * cfg.gradient_accumulation)):
-            later_indices, later_epoch = batch_for(later)
+            later_indices, later_epoch, _ = batch_for(later)
             prefetch.want((i, later_epoch, data.placement(i, later_epoch).flipped) for i in later_indices)
 
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
@@ -286,20 +292,20 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             bad = False
             for micro in range(cfg.gradient_accumulation):
                 micro_index = step * cfg.gradient_accumulation + micro
-                indices, epoch = batch_for(micro_index)
+                indices, epoch, share = batch_for(micro_index)
                 if prefetch is not None:
                     prefetch_after(micro_index)
-                generator = _step_generator(cfg.seed, step, micro, rank, accelerator.device)
+                generator = _step_generator(cfg.seed, step, micro, accelerator.device)
                 with accelerator.accumulate(unet_p):
                     latents = encoders.latent_batch([data.cache_key(i, epoch) for i in indices], pixels_for(epoch),
-                                                    generator)
+                                                    generator, share)
                     captions = [data.caption(i, epoch) for i in indices]
                     geometries = [data.geometry(i, epoch) for i in indices]
                     states, added = encoders.unet_conditioning(captions, geometries, cfg.train_text_encoder)
                     with accelerator.autocast():
                         loss = denoising_loss(step_unet, noise_scheduler, latents.to(weight_dtype), states, generator,
                                               added_cond_kwargs=added, min_snr_gamma=cfg.min_snr_gamma,
-                                              noise_offset=cfg.noise_offset)
+                                              noise_offset=cfg.noise_offset, share=share)
                     accelerator.backward(loss)
                     if own_sync and accelerator.sync_gradients:
                         average_gradients(params, accelerator.num_processes)
