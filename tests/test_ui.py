@@ -188,3 +188,35 @@ def test_a_typed_lora_tag_generates_the_same_image_as_the_slot(tmp_path, lora_di
     assert params_slot == params_tag and "a blue square <lora:sepia-ish:0.6>" in params_tag
     with pytest.raises(UserError, match="no LoRA named 'nope'"):
         state.generate("builtin", "x <lora:nope:1>", "", 3, 2, 5.0, 64, 64, "Euler", 1, off)
+
+
+def test_a_dropped_png_fills_the_fields_and_regenerates_the_identical_image(tmp_path, lora_dir):
+    import numpy as np
+    from PIL import Image
+
+    from lora_diffusion.ui.app import UiState
+
+    state = UiState(str(lora_dir), out_dir=str(tmp_path / "out"), device="cpu")
+    off = [False, None, 1.0] * 4
+    gallery, _ = state.generate("builtin", "a blue square", "blurry", 7, 3, 6.5, 64, 56, "Euler a", 1,
+                                [True, "bold", -0.4] + off[3:])
+    fields = state.png_fields(gallery[0][0])
+    assert fields[:8] == ("a blue square <lora:bold:-0.4>", "blurry", 7, 3, 6.5, 64, 56, "Euler a")
+    assert fields[8] == f"loaded {Path(gallery[0][0]).name}"
+    again, _ = state.generate("builtin", *fields[:8], 1, off)
+    assert np.array_equal(np.asarray(Image.open(gallery[0][0])), np.asarray(Image.open(again[0][0])))
+    # an A1111 PNG naming a LoRA the library lacks: the fields still fill, the status names it
+    a1111 = tmp_path / "a1111.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a castle <lora:not-here:0.7>\nNegative prompt: fog\nSteps: 25, Sampler: DPM++ 2M "
+                                "Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: abc, Model: sd15")
+    Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
+    fields = state.png_fields(str(a1111))
+    assert fields == ("a castle <lora:not-here:0.7>", "fog", 123, 25, 7.0, 512, 768, "DPM++ 2M Karras",
+                      "loaded a1111.png; not in the LoRA library: not-here")
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(UserError, match=r"^plain.png: no generation parameters in this PNG$"):
+        state.png_fields(str(plain))

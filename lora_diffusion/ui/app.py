@@ -59,6 +59,28 @@ class UiState:
                     choices.append(str(item))
         return choices
 
+    # ---- PNG info ---------------------------------------------------------------------------
+    def png_fields(self, path: str | None) -> tuple:
+        """A dropped PNG's parameters (ours or A1111's) as Generate-tab values: prompt (LoRAs as
+        <lora:NAME:W> tags, which generate resolves in the library), negative, seed, steps, CFG, width,
+        height, sampler, and a status line naming LoRAs the library lacks."""
+        from ..generation.params import read_png_params
+
+        if not path:
+            raise UserError("drop a PNG made by lora-diffusion or A1111 first")
+        try:
+            params = read_png_params(Path(path))
+        except KeyError:
+            raise UserError(f"{Path(path).name}: no generation parameters in this PNG") from None
+        except Exception as error:  # noqa: BLE001 - PIL raises many types for non-PNG files
+            raise UserError(f"{Path(path).name}: not a readable PNG ({type(error).__name__})") from None
+        tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in params.loras)
+        missing = [name for name, _ in params.loras if name not in self.library.names()]
+        sampler = params.sampler if params.sampler in sampler_names() else "DPM++ 2M"
+        status = f"loaded {Path(path).name}" + (f"; not in the LoRA library: {', '.join(missing)}" if missing else "")
+        return (params.prompt + tags, params.negative_prompt, params.seed, params.steps, params.cfg_scale,
+                params.width, params.height, sampler, status)
+
     # ---- generate ---------------------------------------------------------------------------
     def generate(self, base: str, prompt: str, negative: str, seed: float, steps: float, guidance: float,
                  width: float, height: float, scheduler: str, num_images: float, slots: list) -> tuple[list, str]:
@@ -259,11 +281,16 @@ def build_app(state: UiState):
                         scheduler = gr.Dropdown(sampler_names(), value="DPM++ 2M", label="Sampler")
                         count = gr.Slider(1, 8, value=2, step=1, label="Images")
                     generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                    with gr.Accordion("PNG info: reuse an image's parameters", open=False):
+                        png = gr.File(label="PNG (lora-diffusion or A1111)", file_types=[".png"], elem_id="png-info")
+                        png_status = gr.Markdown(elem_id="png-status")
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="Images", columns=2, height=520, elem_id="gallery", format="png")
                     params = gr.Textbox(label="Parameters (also stored in each PNG)", lines=5, interactive=False,
                                         elem_id="params")
             dice.click(lambda: random.randrange(2**31), outputs=seed, concurrency_limit=None)
+            png.upload(_user_errors(state.png_fields), inputs=png,
+                       outputs=[prompt, negative, seed, steps, guidance, width, height, scheduler, png_status])
             generate.click(_user_errors(lambda *a: state.generate(*a[:10], list(a[10:]))),
                            inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler, count, *slots],
                            outputs=[gallery, params], concurrency_id="engine", concurrency_limit=1,
