@@ -51,3 +51,28 @@ def randomize_lora(model, name, seed=1, scale=0.1):
             if name in layer.lora_bias:
                 b = layer.lora_bias[name]
                 b.copy_((torch.randn(b.shape, generator=g) * scale).to(b.dtype))
+
+
+def assert_kill_and_resume_is_bit_identical(args, tmp_path, crash_at=3):
+    """Train straight through; train again, killed (exit 137, no cleanup) right after the checkpoint at
+    ``crash_at``, then ``--resume latest``: the two adapter files must be bit-identical."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    cmd = [sys.executable, "-m", "lora_diffusion", "train", *args]
+    straight = tmp_path / "straight" / "a.safetensors"
+    assert subprocess.run(cmd + ["--output", str(straight)], capture_output=True, timeout=600).returncode == 0
+    resumed = tmp_path / "resumed" / "a.safetensors"
+    env = dict(os.environ, LORA_DIFFUSION_TEST_CRASH_AT_STEP=str(crash_at))
+    crashed = subprocess.run(cmd + ["--output", str(resumed)], capture_output=True, timeout=600, env=env)
+    assert crashed.returncode == 137 and not resumed.exists()
+    checkpoint = f"checkpoint-{crash_at:06d}"
+    assert (tmp_path / "resumed" / "a-checkpoints" / checkpoint / "lora.safetensors").is_file()
+    again = subprocess.run(cmd + ["--output", str(resumed), "--resume", "latest"], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr and checkpoint in again.stderr
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

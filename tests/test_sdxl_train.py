@@ -2,16 +2,13 @@
 caching, resume, interop with diffusers' SDXL pipeline, and the bases it must refuse."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import randomize_lora
+from conftest import assert_kill_and_resume_is_bit_identical, randomize_lora
 from lora_diffusion import UserError, load_adapter, pipeline_components
 from lora_diffusion.cli.main import main
 from lora_diffusion.data.dataset import TrainingData
@@ -127,20 +124,9 @@ def test_cached_and_uncached_runs_give_the_same_loss_sequence(sdxl_base, shapes_
 
 
 def test_kill_after_checkpoint_then_resume_is_bit_identical(sdxl_base, shapes_folder, tmp_path):
-    args = ["--base", sdxl_base, "--data", shapes_folder, "--steps", "6", "--lr", "5e-3", "--seed", "4",
-            "--checkpoint-every", "3", "--quiet"]
-    cmd = [sys.executable, "-m", "lora_diffusion", "train"]
-    straight = tmp_path / "straight" / "a.safetensors"
-    assert subprocess.run(cmd + args + ["--output", str(straight)], capture_output=True, timeout=600).returncode == 0
-    resumed = tmp_path / "resumed" / "a.safetensors"
-    env = dict(os.environ, LORA_DIFFUSION_TEST_CRASH_AT_STEP="3")
-    crashed = subprocess.run(cmd + args + ["--output", str(resumed)], capture_output=True, timeout=600, env=env)
-    assert crashed.returncode == 137 and not resumed.exists()
-    again = subprocess.run(cmd + args + ["--output", str(resumed), "--resume", "latest"], capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0 and "checkpoint-000003" in again.stderr, again.stderr
-    a, b = load_file(str(straight)), load_file(str(resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_kill_and_resume_is_bit_identical(
+        ["--base", sdxl_base, "--data", shapes_folder, "--steps", "6", "--lr", "5e-3", "--seed", "4",
+         "--checkpoint-every", "3", "--quiet"], tmp_path)
 
 
 def test_add_time_ids_of_a_cropped_bucketed_image_equal_diffusers(shapes_folder):

@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import assert_kill_and_resume_is_bit_identical
 from lora_diffusion import UserError
 from lora_diffusion.cli.main import main
 from lora_diffusion.training.config import TrainConfig
@@ -88,21 +87,9 @@ def test_text_encoder_lora_is_trained_when_asked(tiny_base, style_folder, tmp_pa
 
 
 def test_kill_after_checkpoint_then_resume_is_bit_identical(tiny_base, style_folder, tmp_path):
-    args = ["--base", tiny_base, "--data", style_folder, "--resolution", "32", "--steps", "6", "--batch-size", "2",
-            "--lr", "5e-3", "--seed", "4", "--checkpoint-every", "3", "--quiet"]
-    cmd = [sys.executable, "-m", "lora_diffusion", "train"]
-    straight = tmp_path / "straight" / "a.safetensors"
-    assert subprocess.run(cmd + args + ["--output", str(straight)], capture_output=True, timeout=600).returncode == 0
-    resumed = tmp_path / "resumed" / "a.safetensors"
-    env = dict(os.environ, LORA_DIFFUSION_TEST_CRASH_AT_STEP="3")
-    crashed = subprocess.run(cmd + args + ["--output", str(resumed)], capture_output=True, timeout=600, env=env)
-    assert crashed.returncode == 137 and not resumed.exists()
-    assert (tmp_path / "resumed" / "a-checkpoints" / "checkpoint-000003" / "lora.safetensors").is_file()
-    again = subprocess.run(cmd + args + ["--output", str(resumed), "--resume", "latest"], capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert "resumed from" in again.stderr and "checkpoint-000003" in again.stderr
-    a, b = load_file(str(straight)), load_file(str(resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_kill_and_resume_is_bit_identical(
+        ["--base", tiny_base, "--data", style_folder, "--resolution", "32", "--steps", "6", "--batch-size", "2",
+         "--lr", "5e-3", "--seed", "4", "--checkpoint-every", "3", "--quiet"], tmp_path)
 
 
 @pytest.mark.parametrize(

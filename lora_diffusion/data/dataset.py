@@ -124,12 +124,10 @@ class TrainingData:
     @property
     def deterministic(self) -> bool:
         """True when an example gives one of at most two fixed images (latents may be cached): centre
-        crops, each either plain or, with ``flip``, mirrored (both orientations are cached, as kohya does)."""
+        crops, each either plain or, with ``flip``, mirrored (both orientations are cached, as kohya does,
+        keyed by (index, flipped))."""
         return self.crop == "center"
 
-    def cache_key(self, index: int, epoch: int) -> tuple[int, bool]:
-        """Which fixed image the sample is: (example index, mirrored)."""
-        return index, self.placement(index, epoch).flipped
 
     @property
     def fixed_captions(self) -> bool:
@@ -176,11 +174,12 @@ class TrainingData:
         flipped = self.flip and rng.random() < 0.5
         return Placement(new, left, top, flipped)
 
-    def geometry(self, index: int, epoch: int) -> Geometry:
-        """The sample's SDXL size conditioning; a flipped crop's offset is mirrored like its pixels."""
+    def geometry(self, index: int, epoch: int, place: Placement | None = None) -> Geometry:
+        """The sample's SDXL size conditioning (from ``place`` when the caller has it already); a flipped
+        crop's offset is mirrored like its pixels."""
         width, height = self.sizes[index]
         image_w, image_h = self.image_size(index)
-        place = self.placement(index, epoch, (image_w, image_h))
+        place = place or self.placement(index, epoch, (image_w, image_h))
         left = place.resized[0] - width - place.left if place.flipped else place.left
         return Geometry((image_h, image_w), (place.top, left), (height, width))
 

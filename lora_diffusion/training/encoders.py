@@ -37,7 +37,7 @@ class Encoders:
     def latent_batch(self, keys: list[Hashable], pixels_for: Callable[[Hashable], torch.Tensor],
                      generator: torch.Generator, share: Share | None = None) -> torch.Tensor:
         """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now.
-        ``keys`` name the samples' fixed images (``TrainingData.cache_key``) and ``pixels_for`` makes one."""
+        ``keys`` name the samples' fixed images, (index, flipped), and ``pixels_for`` makes one."""
         missing = list(dict.fromkeys(k for k in keys if k not in self.latents))
         fresh = {}
         if missing:

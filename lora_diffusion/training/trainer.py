@@ -297,10 +297,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                     prefetch_after(micro_index)
                 generator = _step_generator(cfg.seed, step, micro, accelerator.device)
                 with accelerator.accumulate(unet_p):
-                    latents = encoders.latent_batch([data.cache_key(i, epoch) for i in indices], pixels_for(epoch),
-                                                    generator, share)
+                    places = [data.placement(i, epoch) for i in indices]  # one crop/flip draw per sample
+                    latents = encoders.latent_batch([(i, p.flipped) for i, p in zip(indices, places)],
+                                                    pixels_for(epoch), generator, share)
                     captions = [data.caption(i, epoch) for i in indices]
-                    geometries = [data.geometry(i, epoch) for i in indices]
+                    geometries = [data.geometry(i, epoch, p) for i, p in zip(indices, places)]
                     states, added = encoders.unet_conditioning(captions, geometries, cfg.train_text_encoder)
                     with accelerator.autocast():
                         loss = denoising_loss(step_unet, noise_scheduler, latents.to(weight_dtype), states, generator,
