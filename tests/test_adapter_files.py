@@ -180,7 +180,7 @@ def test_non_safetensors_and_garbage_are_refused(tmp_path):
         read_adapter(odd)
     loha = tmp_path / "loha.safetensors"
     save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, str(loha))
-    with pytest.raises(UserError, match="LyCORIS .* not supported yet"):
+    with pytest.raises(UserError, match="module lora_unet_x is a LoHa module without hada_w1_b; the file is incomplete"):
         read_adapter(loha)
 
 

@@ -148,7 +148,7 @@ def test_legacy_diffusers_names_read_like_current_ones(tmp_path, lora_file):
     from safetensors.torch import save_file
 
     from lora_diffusion import read_adapter
-    from lora_diffusion.adapters.layouts import module_path
+    from lora_diffusion.adapters.formats.diffusers import module_path
 
     kohya = read_adapter(lora_file)
     legacy = {}

@@ -206,7 +206,7 @@ def test_sdxl_kohya_names_in_original_layout_load_like_diffusers_names(tmp_path)
     from safetensors.torch import save_file
 
     from lora_diffusion.adapters.file import to_state_dict
-    from lora_diffusion.adapters.layouts import module_path
+    from lora_diffusion.adapters.formats.diffusers import module_path
     from lora_diffusion.models.original_layout import unet_module_to_original
 
     path = _lora_file(tmp_path / "xl.safetensors", 3, 4.0, arch="sdxl")

@@ -20,9 +20,11 @@ from ..errors import UserError
 from ..lora.config import LoraConfig
 from ..lora.inject import base_modules, lora_layers
 from ..lora.layers import LoraLayer, wrap_module
+from ..lora.networks import DenseNetwork, LoconTuckerNetwork
 from ..models.original_layout import unet_module_to_original
 from ..models.architecture import ARCH_LABELS, KOHYA_BASE_VERSION, detect_unet_architecture, fingerprint
-from .file import META_PREFIX, AdapterFile, ModuleLora, read_adapter, write_adapter
+from .file import META_PREFIX, AdapterFile, read_adapter, write_adapter
+from .modules import ModuleDelta, ModuleLora, ModuleLycoris, dora_axis_or_error
 from .naming import PREFIXES, component_of, kohya_name
 
 Components = Mapping[str, nn.Module]
@@ -52,6 +54,42 @@ def _base_weight(layer: LoraLayer) -> torch.Tensor:
     return layer._pristine[0] if layer.merged else layer.base_layer.weight
 
 
+def _module_of(layer: LoraLayer, name: str) -> ModuleDelta:
+    """One layer's adapter ``name`` as file data (tensors detached, not copied)."""
+    rank = layer.rank[name]
+    if name in layer.lora_dense:
+        network = layer.lora_dense[name]
+        if isinstance(network, LoconTuckerNetwork):
+            entry: ModuleDelta = ModuleLora(down=network.down.detach(), mid=network.mid.detach(), up=network.up.detach())
+        else:
+            entry = ModuleLycoris(network_kind=network.kind, factors={k: v.detach() for k, v in network.factors().items()})
+        entry.alpha = layer.alpha[name]
+    elif rank:
+        entry = ModuleLora(down=layer.lora_A[name].weight.detach(), up=layer.lora_B[name].weight.detach(), alpha=layer.alpha[name])
+    else:
+        entry = ModuleLora()
+    if name in layer.lora_bias:
+        entry.diff_b = layer.lora_bias[name].detach()
+    if name in layer.lora_magnitude:
+        entry.dora_scale = layer.lora_magnitude[name].detach()
+    return entry
+
+
+def _network_metadata(modules: dict[str, ModuleDelta]) -> dict[str, object]:
+    """kohya's ``ss_network_module``/``ss_network_args`` as LyCORIS writes them for non-plain adapters."""
+    kinds = {m.kind for m in modules.values() if m.has_weight}
+    dora = any(m.dora_scale is not None for m in modules.values())
+    tucker = any(getattr(m, "mid", None) is not None for m in modules.values())
+    if kinds <= {"lora"} and not dora and not tucker:
+        return {}
+    algo = next(iter(kinds)) if len(kinds) == 1 else "mixed"
+    args = {"algo": "locon" if algo == "lora" else algo}
+    if dora:
+        args["dora_wd"] = "True"
+    return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args),
+            META_PREFIX + "network": args["algo"] if algo != "locon" else "lora", META_PREFIX + "dora": str(dora).lower()}
+
+
 def extract_adapter(
     components: Components,
     name: str,
@@ -65,7 +103,7 @@ def extract_adapter(
     metadata: extra entries (training settings, dataset summary); values that are
     not strings are stored as JSON.
     """
-    modules: dict[str, ModuleLora] = {}
+    modules: dict[str, ModuleDelta] = {}
     fingerprint_weights: dict[str, torch.Tensor] = {}
     targets: dict[str, list[str]] = {}
     for component, model in components.items():
@@ -74,16 +112,10 @@ def extract_adapter(
             if name not in layer.rank:
                 continue
             key = kohya_name(component, path)
-            rank = layer.rank[name]
-            entry = ModuleLora()
-            if rank:
-                entry.down = layer.lora_A[name].weight.detach()
-                entry.up = layer.lora_B[name].weight.detach()
-                entry.alpha = layer.alpha[name]
+            entry = _module_of(layer, name)
+            if entry.has_weight:
                 parts = path.split(".")
                 suffixes.add(".".join(parts[-3:] if parts[-1].isdigit() else parts[-2:]))
-            if name in layer.lora_bias:
-                entry.diff_b = layer.lora_bias[name].detach()
             modules[key] = entry
             fingerprint_weights[key] = _base_weight(layer)
         if suffixes:
@@ -93,7 +125,8 @@ def extract_adapter(
     adapter = AdapterFile(modules)
     arch = base or components_architecture(components)
     rank, alpha = adapter.rank, adapter.alpha
-    convs = [m for m in modules.values() if m.down is not None and m.down.dim() == 4 and m.down.shape[-1] > 1]
+    convs = [m for m in modules.values() if isinstance(m, ModuleLora) and m.down is not None and m.down.dim() == 4
+             and m.down.shape[-1] > 1]
     meta: dict[str, object] = {
         META_PREFIX + "version": __version__,
         META_PREFIX + "rank": rank,
@@ -109,6 +142,7 @@ def extract_adapter(
     }
     if convs:
         meta["ss_network_args"] = json.dumps({"conv_dim": str(convs[0].rank), "conv_alpha": str(_num(convs[0].alpha))})
+    meta.update(_network_metadata(modules))
     for key, value in (metadata or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     adapter.metadata = {k: str(v) for k, v in meta.items()}
@@ -195,7 +229,7 @@ def apply_adapter(
                 # kohya's SDXL files name UNet modules the original way (input_blocks_4_1_…)
                 original = unet_module_to_original(path, model.config)
                 lookup.setdefault(kohya_name(component, original), (model, path, module))
-    plan: list[tuple[nn.Module, str, str, ModuleLora, torch.Tensor | None, torch.Tensor | None]] = []
+    plan: list[tuple[nn.Module, str, str, ModuleDelta, object, str | None]] = []
     for file_key in sorted(adapter.modules):
         entry = adapter.modules[file_key]
         key = _model_key(file_key, components)
@@ -206,9 +240,11 @@ def apply_adapter(
         if key not in lookup:
             raise _mismatch(source, key, "is not in the base model", file_arch, model_arch)
         model, path, module = lookup[key]
-        down = up = None
-        if entry.down is not None:
-            base_w = module.weight
+        weights: object = None  # (down, up) for a low-rank pair, a DenseNetwork for the other types
+        base_w = module.weight
+        if entry.has_weight and not isinstance(entry, ModuleLora) or getattr(entry, "mid", None) is not None:
+            weights = _dense_network(entry, base_w, source, key, file_arch, model_arch)
+        elif entry.has_weight:
             if isinstance(module, nn.Conv2d):
                 down_like = (entry.rank, *base_w.shape[1:])
                 up_like = (base_w.shape[0], entry.rank, 1, 1)
@@ -221,26 +257,39 @@ def apply_adapter(
                     f"is {tuple(base_w.shape)}"
                 )
                 raise _mismatch(source, key, detail, file_arch, model_arch)
+            weights = (down, up)
+        axis = None
+        if entry.dora_scale is not None:
+            axis = dora_axis_or_error(entry, tuple(base_w.shape), key, source)
         bias = getattr(module, "bias", None)
         if entry.diff_b is not None and (bias is None or tuple(entry.diff_b.shape) != tuple(bias.shape)):
             raise _mismatch(source, key, "has a bias delta that the base layer cannot take", file_arch, model_arch)
         existing = model.get_submodule(path)
         if isinstance(existing, LoraLayer) and name in existing.rank:
             raise UserError(f"an adapter named {name!r} is already loaded; choose another name or unload it first")
-        plan.append((model, path, key, entry, down, up))
+        plan.append((model, path, key, entry, weights, axis))
 
     applied: list[str] = []
     with torch.no_grad():
-        for model, path, key, entry, down, up in plan:
+        for model, path, key, entry, weights, axis in plan:
             current = model.get_submodule(path)
             layer = wrap_module(current)
-            config = LoraConfig(rank=max(entry.rank, 1), alpha=(entry.alpha or entry.rank or 1.0))
-            layer.add_adapter(name, config, rank=entry.rank, with_bias_delta=entry.diff_b is not None)
-            if down is not None:
-                layer.lora_A[name].weight.copy_(down)
-                layer.lora_B[name].weight.copy_(up)
+            base_w = layer.base_layer.weight
+            if isinstance(weights, DenseNetwork):
+                layer.add_dense(name, weights.to(device=base_w.device, dtype=base_w.dtype),
+                                alpha=entry.alpha if entry.alpha is not None else float(entry.rank or 1),
+                                with_bias_delta=entry.diff_b is not None)
+            else:
+                config = LoraConfig(rank=max(entry.rank, 1), alpha=(entry.alpha or entry.rank or 1.0))
+                layer.add_adapter(name, config, rank=entry.rank, with_bias_delta=entry.diff_b is not None)
+                if weights is not None:
+                    layer.lora_A[name].weight.copy_(weights[0])
+                    layer.lora_B[name].weight.copy_(weights[1])
             if entry.diff_b is not None:
                 layer.lora_bias[name].copy_(entry.diff_b)
+            if axis is not None:
+                # a magnitude is a norm: kept in fp32 whatever the base dtype
+                layer.set_magnitude(name, entry.dora_scale.to(base_w.device, torch.float32), axis)
             layer.set_weight(name, weight)
             if layer is not current:
                 parent_path, _, child = path.rpartition(".")
@@ -249,17 +298,28 @@ def apply_adapter(
     if not trainable:
         for model in components.values():
             for layer in lora_layers(model).values():
-                for store in (layer.lora_A, layer.lora_B):
+                for store in (layer.lora_A, layer.lora_B, layer.lora_dense):
                     if name in store:
                         store[name].requires_grad_(False)
-                if name in layer.lora_bias:
-                    layer.lora_bias[name].requires_grad_(False)
+                for params in (layer.lora_bias, layer.lora_magnitude):
+                    if name in params:
+                        params[name].requires_grad_(False)
     # merged layers must be re-blended so the new adapter shows in their weights
     for model in components.values():
         for layer in lora_layers(model).values():
             if layer.merged:
                 layer.merge()
     return applied
+
+
+def _dense_network(entry: ModuleDelta, base_w: torch.Tensor, source: str, key: str, file_arch: str,
+                   model_arch: str) -> DenseNetwork:
+    """The network for a LoHa/LoKr/full/Tucker module, after checking its ΔW fits the base layer."""
+    delta = entry.checked_delta(key, source)
+    if delta.numel() != base_w.numel() or delta.shape[0] != base_w.shape[0]:
+        detail = f"has a {entry.kind} weight change of shape {tuple(delta.shape)} but the base layer is {tuple(base_w.shape)}"
+        raise _mismatch(source, key, detail, file_arch, model_arch)
+    return entry.network(tuple(base_w.shape))
 
 
 def load_adapter(

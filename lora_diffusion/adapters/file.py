@@ -1,7 +1,7 @@
 """Adapter files: ``.safetensors`` in any common LoRA layout in, ``AdapterFile`` out, and back.
 
-Modules are always keyed by kohya/A1111 names in memory; ``layouts.py`` maps the
-diffusers/PEFT layouts onto them. Pure data: nothing here touches a model.
+Modules are always keyed by kohya/A1111 names in memory; ``formats/`` holds one module per
+layout (kohya, LyCORIS, diffusers/PEFT). Pure data: nothing here touches a model.
 ``apply.py`` maps files onto networks.
 """
 
@@ -20,58 +20,19 @@ from safetensors.torch import save_file
 from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
-from .layouts import METADATA_KEY, detect_layout, parse_diffusers_state_dict, to_diffusers_state_dict
-from .naming import canonical_kohya_name, component_of
+from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
+from .modules import ModuleDelta, ModuleLora, ModuleLycoris
+from .naming import component_of
 
-_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha", "diff_b": "diff_b"}
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 META_PREFIX = "lora_diffusion."
-# LyCORIS tensor names we recognise but do not apply (refused, never misapplied)
-_LYCORIS_SUFFIXES = ("hada_w1_a", "hada_w1_b", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w2_a", "lora_mid.weight")
-
-
-@dataclass
-class ModuleLora:
-    """One module's adapter tensors. ``down`` is A, ``up`` is B (kohya naming)."""
-
-    down: torch.Tensor | None = None
-    up: torch.Tensor | None = None
-    alpha: float | None = None
-    diff_b: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return 0 if self.down is None else int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        """α/r, with kohya's convention that a missing alpha means α = r."""
-        if not self.rank:
-            return 1.0
-        return (self.rank if self.alpha is None else self.alpha) / self.rank
-
-    def set_part(self, part: str, tensor: torch.Tensor) -> None:
-        """Store one tensor of the module: ``down``, ``up``, ``diff_b`` or ``alpha`` (a scalar)."""
-        if part == "alpha":
-            self.alpha = float(tensor.float().item())
-        else:
-            setattr(self, part, tensor)
-
-    def delta(self) -> torch.Tensor:
-        """(α/r)·up·down in fp32, shaped (out, in) or (out, in, kh, kw)."""
-        down = self.down.float()
-        up = self.up.float().flatten(1)
-        product = up @ down.flatten(1)
-        if down.dim() == 4:
-            product = product.reshape(up.shape[0], *down.shape[1:])
-        return product * self.scale
 
 
 @dataclass
 class AdapterFile:
     """An adapter as read from or about to be written to disk."""
 
-    modules: dict[str, ModuleLora]
+    modules: dict[str, ModuleDelta]
     metadata: dict[str, str] = field(default_factory=dict)
     layout: str = "kohya"  # the layout it was read in: kohya, diffusers or peft
 
@@ -85,6 +46,16 @@ class AdapterFile:
     def alpha(self) -> float | None:
         alphas = Counter(m.alpha for m in self.modules.values() if m.rank)
         return alphas.most_common(1)[0][0] if alphas else None
+
+    @property
+    def networks(self) -> list[str]:
+        """The network types present: lora, loha, lokr, full (bias-only modules are lora)."""
+        return sorted({m.kind for m in self.modules.values()})
+
+    @property
+    def dora(self) -> bool:
+        """True when any module is weight-decomposed (DoRA)."""
+        return any(m.dora_scale is not None for m in self.modules.values())
 
     @property
     def components(self) -> list[str]:
@@ -103,17 +74,26 @@ class AdapterFile:
     def architecture_from_shapes(self) -> str:
         has_te2 = any(n.startswith("lora_te2_") for n in self.modules)
         for name, module in self.modules.items():
-            if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and module.down is not None:
-                return arch_from_cross_attention_dim(module.down.shape[1], has_te2)
+            if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and module.has_weight:
+                return arch_from_cross_attention_dim(_in_features(module), has_te2)
         return "sdxl" if has_te2 else "custom"
 
     def tensor_bytes(self) -> int:
-        total = 0
-        for m in self.modules.values():
-            for t in (m.down, m.up, m.diff_b):
-                if t is not None:
-                    total += t.numel() * t.element_size()
-        return total
+        return sum(t.numel() * t.element_size() for m in self.modules.values() for t in m.tensors())
+
+
+def _in_features(module: ModuleDelta) -> int:
+    """The input width of a linear module's ΔW, from its factors' shapes alone."""
+    if isinstance(module, ModuleLora):
+        return int(module.down.shape[1])
+    f = module.factors
+    if module.kind == "loha":
+        return int(f["hada_w1_b"].shape[1])
+    if module.kind == "lokr":
+        w1_in = f["lokr_w1"].shape[1] if "lokr_w1" in f else f["lokr_w1_b"].shape[1]
+        w2_in = f["lokr_w2"].shape[1] if "lokr_w2" in f else f["lokr_w2_b"].shape[1]
+        return int(w1_in * w2_in)
+    return int(f["diff"].shape[1])
 
 
 def _open_error(path: Path, why: str) -> UserError:
@@ -143,7 +123,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         raise _open_error(path, "it holds no tensors")
     layout = detect_layout(list(tensors))
     if layout == "kohya":
-        return AdapterFile(parse_kohya_state_dict(tensors, path), metadata, "kohya")
+        return AdapterFile(parse(layout, tensors, metadata, path), metadata, "kohya")
     if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
         raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")
     if layout == "unknown":
@@ -152,9 +132,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             f"tensor {next(iter(tensors))!r} is in none of the LoRA layouts read here "
             "(kohya lora_unet_/lora_te_, diffusers unet./text_encoder., PEFT base_model.model.)",
         )
-    return AdapterFile(
-        parse_diffusers_state_dict(tensors, metadata, path, peft_config=_peft_config(path)), metadata, layout
-    )
+    return AdapterFile(parse(layout, tensors, metadata, path, peft_config=_peft_config(path)), metadata, layout)
 
 
 def _peft_config(path: Path) -> dict | None:
@@ -169,48 +147,9 @@ def _peft_config(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def parse_kohya_state_dict(tensors: dict[str, torch.Tensor], source: object = "state dict") -> dict[str, ModuleLora]:
-    """Group ``<module>.lora_down.weight / .lora_up.weight / .alpha / .diff_b`` by module."""
-    modules: dict[str, ModuleLora] = {}
-    for key, tensor in tensors.items():
-        module_name, _, suffix = key.partition(".")
-        module_name = canonical_kohya_name(module_name)
-        if component_of(module_name) is None:
-            raise UserError(
-                f"{source}: tensor {key!r} is not in the kohya/A1111 LoRA layout "
-                "(expected names starting lora_unet_ or lora_te_)"
-            )
-        if suffix.startswith(_LYCORIS_SUFFIXES) or suffix == "dora_scale":
-            kind = "DoRA" if suffix == "dora_scale" else "LyCORIS (LoHa/LoKr/LoCon-Tucker)"
-            raise UserError(f"{source}: {kind} adapters are not supported yet (tensor {key!r}); use a plain LoRA file")
-        if suffix not in _KOHYA_PARTS:
-            raise UserError(f"{source}: unknown tensor {key!r} in a LoRA file")
-        modules.setdefault(module_name, ModuleLora()).set_part(_KOHYA_PARTS[suffix], tensor)
-    for name, entry in modules.items():
-        if (entry.down is None) != (entry.up is None):
-            raise UserError(f"{source}: module {name} has only one of lora_down/lora_up; the file is incomplete")
-        if entry.down is not None and entry.up.shape[1] != entry.down.shape[0]:
-            raise UserError(
-                f"{source}: module {name} has lora_up {tuple(entry.up.shape)} and lora_down "
-                f"{tuple(entry.down.shape)} of different ranks; the file is corrupt"
-            )
-        if entry.down is None and entry.diff_b is None:
-            raise UserError(f"{source}: module {name} has only an alpha and no weights; the file is incomplete")
-    return modules
-
-
 def to_state_dict(adapter: AdapterFile, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """kohya-layout tensors. Alphas are fp32 scalars so non-integer alphas stay exact."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name in sorted(adapter.modules):
-        m = adapter.modules[name]
-        if m.down is not None:
-            tensors[f"{name}.lora_down.weight"] = m.down.detach().to("cpu", dtype).contiguous()
-            tensors[f"{name}.lora_up.weight"] = m.up.detach().to("cpu", dtype).contiguous()
-            tensors[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha))
-        if m.diff_b is not None:
-            tensors[f"{name}.diff_b"] = m.diff_b.detach().to("cpu", dtype).contiguous()
-    return tensors
+    """kohya/LyCORIS-layout tensors. Alphas are fp32 scalars so non-integer alphas stay exact."""
+    return serialize(adapter.modules, "kohya", dtype)[0]
 
 
 def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "fp16", layout: str = "kohya") -> Path:
@@ -224,16 +163,12 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
         raise UserError(f"output {path} must end in .safetensors; adapters are only written as safetensors")
     if dtype not in SAVE_DTYPES:
         raise UserError(f"save dtype {dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
-    if layout not in ("kohya", "diffusers"):
-        raise UserError(f"layout {layout!r} is not one of kohya, diffusers")
+    if layout not in WRITE_LAYOUTS:
+        raise UserError(f"layout {layout!r} is not one of {', '.join(WRITE_LAYOUTS)}")
     metadata = {k: str(v) for k, v in adapter.metadata.items() if k not in (METADATA_KEY, "lora_diffusion.alphas")}
     metadata.setdefault("format", "pt")
-    if layout == "kohya":
-        tensors = to_state_dict(adapter, SAVE_DTYPES[dtype])
-    else:
-        tensors, extra = to_diffusers_state_dict(adapter.modules)
-        tensors = {k: v.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous() for k, v in tensors.items()}
-        metadata.update(extra)
+    tensors, extra = serialize(adapter.modules, layout, SAVE_DTYPES[dtype])
+    metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -261,3 +196,7 @@ def metadata_json(adapter: AdapterFile, key: str, default=None):
         return json.loads(raw)
     except json.JSONDecodeError:
         return default
+
+
+__all__ = ["AdapterFile", "ModuleDelta", "ModuleLora", "ModuleLycoris", "read_adapter", "write_adapter", "to_state_dict",
+           "metadata_json", "SAVE_DTYPES", "META_PREFIX"]

@@ -218,14 +218,16 @@ def parameter_report(*models: nn.Module) -> ParameterReport:
 
 
 def lora_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parameter]:
-    """The A, B and bias-delta parameters of one adapter (or all adapters)."""
+    """The trainable tensors of one adapter (or all adapters): A and B, LoHa/LoKr factors,
+    DoRA magnitudes and bias deltas."""
     params: list[nn.Parameter] = []
     for layer in lora_layers(model).values():
-        for store in (layer.lora_A, layer.lora_B):
+        for store in (layer.lora_A, layer.lora_B, layer.lora_dense):
             for adapter, module in store.items():
                 if name is None or adapter == name:
                     params.extend(module.parameters())
-        for adapter, p in layer.lora_bias.items():
-            if name is None or adapter == name:
-                params.append(p)
+        for store in (layer.lora_magnitude, layer.lora_bias):
+            for adapter, p in store.items():
+                if name is None or adapter == name:
+                    params.append(p)
     return params

@@ -1,12 +1,18 @@
-"""LoRA layers: one frozen base module plus any number of named low-rank adapters.
+"""LoRA layers: one frozen base module plus any number of named adapters.
 
-y = W0·x + b0 + Σᵢ wᵢ·(αᵢ/rᵢ)·Bᵢ·Aᵢ·dropout(x) + Σᵢ wᵢ·Δbᵢ
+y = W0·x + b0 + Σᵢ wᵢ·ΔWᵢ·x + Σᵢ wᵢ·Δbᵢ
 
-``wᵢ`` is the runtime weight (the slider), ``αᵢ/rᵢ`` the adapter's fixed scale.
-Merging writes Σ wᵢ·(αᵢ/rᵢ)·BᵢAᵢ into the base weight. A pristine copy of W0 is
-kept aside while merged, so any sequence of merges, weight changes and unmerges
-restores W0 bit for bit, and weight changes are cheap low-rank updates that are
-periodically re-blended from W0 so rounding never accumulates.
+``wᵢ`` is the runtime weight (the slider). For a plain LoRA ΔWᵢ = (αᵢ/rᵢ)·Bᵢ·Aᵢ and the
+path runs as two small layers on dropout(x); LoHa, LoKr, LoCon-Tucker and full diffs
+(``networks.py``) build ΔWᵢ densely. A DoRA adapter's ΔWᵢ is the change its weight
+decomposition makes at full strength, m·(W0 + ΔW)/‖W0 + ΔW‖ − W0, always against the pristine
+W0: so wᵢ scales every adapter type linearly, adapters add up in any order, and weight 0 is
+the base bit for bit (A1111's and ComfyUI's convention for DoRA strength).
+
+Merging writes Σ wᵢ·ΔWᵢ into the base weight. A pristine copy of W0 is kept aside while
+merged, so any sequence of merges, weight changes and unmerges restores W0 bit for bit, and
+weight changes are cheap updates that are periodically re-blended from W0 so rounding never
+accumulates.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import math
 import torch
 from torch import nn
 
+from . import deltas
 from .config import LoraConfig
+from .networks import DenseNetwork, LohaNetwork, LokrNetwork
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -47,6 +55,9 @@ class LoraLayer(nn.Module):
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.lora_bias = nn.ParameterDict()
+        self.lora_dense = nn.ModuleDict()  # LoHa / LoKr / LoCon-Tucker / full networks
+        self.lora_magnitude = nn.ParameterDict()  # DoRA magnitudes m, shaped to broadcast on W
+        self.dora_axis: dict[str, str] = {}  # "out" (per output row) or "in" (per input column)
         self.rank: dict[str, int] = {}
         self.alpha: dict[str, float] = {}
         self.adapter_weight: dict[str, float] = {}
@@ -65,6 +76,10 @@ class LoraLayer(nn.Module):
         """B·A in fp32, shaped like the base weight (no scale, no runtime weight)."""
         raise NotImplementedError
 
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The base operation with ``weight`` in place of W0 and no bias."""
+        raise NotImplementedError
+
     # ---- adapters ------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
@@ -79,7 +94,9 @@ class LoraLayer(nn.Module):
         with_bias_delta: bool | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """Add a fresh adapter: A random, B zero, so the layer's output is unchanged.
+        """Add a fresh adapter of ``config.network`` (LoRA: A random, B zero; LoHa/LoKr: LyCORIS's
+        initialisation), so the layer's output is unchanged. ``config.dora`` adds a DoRA magnitude
+        initialised to ‖W0‖ per output row.
 
         ``rank=0`` makes a bias-only adapter (used by ``bias="all"`` on modules
         that are not LoRA targets). ``dtype`` defaults to the base weight's dtype.
@@ -93,7 +110,14 @@ class LoraLayer(nn.Module):
         base_w = self.base_layer.weight
         dtype = dtype or base_w.dtype
         device = base_w.device
-        if rank > 0:
+        network = getattr(config, "network", "lora")
+        if rank > 0 and network != "lora":
+            alpha = config.effective_alpha if rank == config.rank else float(rank)
+            if network == "loha":
+                self.lora_dense[name] = LohaNetwork.fresh(tuple(base_w.shape), rank, alpha, dtype, device)
+            else:
+                self.lora_dense[name] = LokrNetwork.fresh(tuple(base_w.shape), rank, alpha, config.factor, dtype, device)
+        elif rank > 0:
             down, up = self._make_down_up(rank, dtype, device)
             with torch.no_grad():
                 if config.init == "gaussian":
@@ -114,7 +138,41 @@ class LoraLayer(nn.Module):
         self.alpha[name] = config.effective_alpha if rank > 0 else 1.0
         self.adapter_weight[name] = 1.0
         self.adapter_enabled[name] = True
+        if rank > 0 and getattr(config, "dora", False):
+            w0 = self._w0().detach().float()
+            self.set_magnitude(name, deltas.column_norm(w0, "out").to(dtype), "out")
         self._side = None
+
+    def add_dense(self, name: str, network: DenseNetwork, *, alpha: float, with_bias_delta: bool = False) -> None:
+        """Add an adapter whose ΔW is built densely (LoHa, LoKr, LoCon-Tucker, full) from given factors."""
+        if name in self.rank:
+            raise ValueError(f"adapter {name!r} already exists on this layer")
+        if tuple(network.weight_shape) != tuple(self.base_layer.weight.shape):
+            raise ValueError(f"network shape {network.weight_shape} is not the base weight's {tuple(self.base_layer.weight.shape)}")
+        self.lora_dense[name] = network
+        if with_bias_delta:
+            self.lora_bias[name] = nn.Parameter(torch.zeros_like(self.base_layer.bias, dtype=self.base_layer.weight.dtype))
+        self.rank[name] = max(network.rank, 1)
+        self.alpha[name] = float(alpha)
+        self.adapter_weight[name] = 1.0
+        self.adapter_enabled[name] = True
+        self._side = None
+
+    def set_magnitude(self, name: str, magnitude: torch.Tensor, axis: str) -> None:
+        """Make adapter ``name`` a DoRA adapter with magnitude ``m`` normalised along ``axis``."""
+        w = self.base_layer.weight
+        shape = (w.shape[0], *[1] * (w.dim() - 1)) if axis == "out" else (1, w.shape[1], *[1] * (w.dim() - 2))
+        self.lora_magnitude[name] = nn.Parameter(magnitude.detach().reshape(shape).clone())
+        self.dora_axis[name] = axis
+        self._side = None
+
+    def _w0(self) -> torch.Tensor:
+        """The base weight without any merged adapter."""
+        return self._pristine[0] if self._pristine is not None else self.base_layer.weight
+
+    def is_low_rank(self, name: str) -> bool:
+        """True for a plain LoRA (no DoRA): its path runs as B·A, never as a dense ΔW."""
+        return name in self.lora_A and name not in self.lora_magnitude
 
     def delete_adapter(self, name: str) -> None:
         """Remove one adapter; if it was merged, the merge is redone without it."""
@@ -123,11 +181,12 @@ class LoraLayer(nn.Module):
         was_merged = self.merged
         if was_merged:
             self.unmerge()
-        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_bias):
+        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_bias, self.lora_dense, self.lora_magnitude):
             if name in store:
                 del store[name]
         for store in (self.rank, self.alpha, self.adapter_weight, self.adapter_enabled):
             del store[name]
+        self.dora_axis.pop(name, None)
         self._side = None
         if was_merged and self.rank:
             self.merge()
@@ -147,9 +206,26 @@ class LoraLayer(nn.Module):
         """The multiplier this adapter should contribute right now (0 when disabled)."""
         return self.adapter_weight[name] if self.adapter_enabled[name] else 0.0
 
+    def raw_delta(self, name: str) -> torch.Tensor:
+        """The adapter's own ΔW in fp32 at full strength, before any DoRA decomposition."""
+        if name in self.lora_dense:
+            return self.lora_dense[name].delta()
+        if name in self.lora_A:
+            return self._product(name) * self.scaling(name)
+        return torch.zeros(self.base_layer.weight.shape, dtype=torch.float32, device=self.base_layer.weight.device)
+
     def delta_weight(self, name: str) -> torch.Tensor:
-        """(α/r)·B·A in fp32: the adapter's change to the base weight at runtime weight 1."""
-        return self._product(name) * self.scaling(name)
+        """The adapter's change to the base weight at runtime weight 1, in fp32.
+
+        For DoRA that is m·(W0 + ΔW)/‖W0 + ΔW‖ − W0 against the pristine W0; while training the
+        norm is a constant for the gradient, as in the DoRA paper and PEFT.
+        """
+        raw = self.raw_delta(name)
+        if name not in self.lora_magnitude:
+            return raw
+        w0 = self._w0().detach().float().to(raw.device)
+        magnitude = self.lora_magnitude[name].float().to(raw.device)
+        return deltas.dora_weight(w0, raw, magnitude, self.dora_axis[name], detach_norm=self.training) - w0
 
     # ---- merging -----------------------------------------------------------------
     @property
@@ -184,7 +260,7 @@ class LoraLayer(nn.Module):
         )
         if incremental:
             change = {n: active.get(n, 0.0) - self._merged.get(n, 0.0) for n in set(active) | set(self._merged)}
-            self._add_low_rank(weight, {n: d for n, d in change.items() if d != 0.0})
+            self._add_deltas(weight, {n: d for n, d in change.items() if d != 0.0})
             if bias is not None:
                 for n, d in change.items():
                     if d != 0.0 and n in self.lora_bias:
@@ -195,24 +271,29 @@ class LoraLayer(nn.Module):
             if bias is not None:
                 deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
                 bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
-            self._add_low_rank(weight, active)
+            self._add_deltas(weight, active)
             self._updates = 0
         self._merged = active
         self._side = None
 
-    def _add_low_rank(self, weight: torch.Tensor, weights: dict[str, float]) -> None:
-        """weight += Σ wᵢ·sᵢ·BᵢAᵢ in place, as one matmul over the concatenated ranks (in fp32)."""
-        names = [n for n in weights if self.rank[n] > 0]
-        if not names:
+    def _add_deltas(self, weight: torch.Tensor, weights: dict[str, float]) -> None:
+        """weight += Σ wᵢ·ΔWᵢ in place, in fp32: plain LoRAs as one matmul over the concatenated
+        ranks, the other types as their dense ΔW."""
+        names = [n for n in weights if self.rank[n] > 0 and self.is_low_rank(n)]
+        dense = [n for n in weights if self.rank[n] > 0 and not self.is_low_rank(n)]
+        if not names and not dense:
             return
         device = weight.device
-        up = torch.cat([self.lora_B[n].weight.detach().flatten(1).float() * (weights[n] * self.scaling(n)) for n in names], dim=1)
-        down = torch.cat([self.lora_A[n].weight.detach().flatten(1).float() for n in names])
-        up, down = up.to(device), down.to(device)
-        if weight.dtype == torch.float32 and weight.is_contiguous():
-            weight.data.view(weight.shape[0], -1).addmm_(up, down)
-        else:
-            weight.copy_(torch.addmm(weight.flatten(1).float(), up, down).view(weight.shape).to(weight.dtype))
+        in_place = weight.dtype == torch.float32 and weight.is_contiguous()
+        total = weight.data.view(weight.shape[0], -1) if in_place else weight.flatten(1).float()
+        if names:
+            up = torch.cat([self.lora_B[n].weight.detach().flatten(1).float() * (weights[n] * self.scaling(n)) for n in names], dim=1)
+            down = torch.cat([self.lora_A[n].weight.detach().flatten(1).float() for n in names])
+            total = total.addmm_(up.to(device), down.to(device))
+        for n in dense:
+            total.add_(self.delta_weight(n).detach().to(device).flatten(1), alpha=weights[n])
+        if not in_place:
+            weight.copy_(total.view(weight.shape).to(weight.dtype))
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -253,7 +334,10 @@ class LoraLayer(nn.Module):
         out = self.base_layer(x, *args, **kwargs)
         # Fully merged (the generation case) leaves nothing to add: base-model cost.
         for name, w in self._side_paths():
-            if self.rank[name] > 0:
+            if self.rank[name] > 0 and not self.is_low_rank(name):
+                delta = self.delta_weight(name)
+                out = out + w * self._apply_weight(x, delta.to(x.dtype) if not _autocast_on(x) else delta)
+            elif self.rank[name] > 0:
                 lora = self._lora_path(name, x)
                 # one fused kernel for scale-and-add: at batch 1 the step is kernel-launch bound
                 out = torch.add(out, lora if lora.dtype == out.dtype else lora.to(out.dtype), alpha=w * self.scaling(name))
@@ -262,7 +346,11 @@ class LoraLayer(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{n}: r={self.rank[n]} alpha={self.alpha[n]:g} w={self.adapter_weight[n]:g}" for n in self.rank)
+        def kind(n: str) -> str:
+            base = self.lora_dense[n].kind if n in self.lora_dense else "lora"
+            return base + ("+dora" if n in self.lora_magnitude else "")
+
+        return ", ".join(f"{n}: {kind(n)} r={self.rank[n]} alpha={self.alpha[n]:g} w={self.adapter_weight[n]:g}" for n in self.rank)
 
 
 class LoraLinear(LoraLayer):
@@ -276,6 +364,9 @@ class LoraLinear(LoraLayer):
 
     def _product(self, name):
         return self.lora_B[name].weight.float() @ self.lora_A[name].weight.float()
+
+    def _apply_weight(self, x, weight):
+        return nn.functional.linear(x, weight)
 
 
 class LoraConv2d(LoraLayer):
@@ -299,6 +390,9 @@ class LoraConv2d(LoraLayer):
         down = self.lora_A[name].weight.float()
         up = self.lora_B[name].weight.float()
         return (up.flatten(1) @ down.flatten(1)).reshape(self.base_layer.weight.shape)
+
+    def _apply_weight(self, x, weight):
+        return self.base_layer._conv_forward(x, weight, None)
 
     def _bias_shape(self, out):
         return (1, -1, 1, 1)

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "targets": ("attn", "attn-ff", "full"),
     "text_targets": ("attn", "attn-mlp"),
     "init": ("kaiming", "gaussian"),
+    "network": ("lora", "loha", "lokr"),
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
     "nan_policy": ("skip", "stop"),
@@ -58,6 +59,9 @@ class TrainConfig:
     targets: str = field(default="attn", metadata={"help": "UNet target preset"})
     text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})
     init: str = field(default="kaiming", metadata={"help": "initialisation of A"})
+    network: str = field(default="lora", metadata={"help": "adapter type: lora (B·A), loha or lokr (LyCORIS; saved in the layout A1111/ComfyUI load)"})
+    dora: bool = field(default=False, metadata={"help": "weight-decomposed training (DoRA): a trained magnitude per output channel on top of the network"})
+    lokr_factor: int = field(default=-1, metadata={"help": "LoKr: split each dimension with this factor (-1: as square as possible, as LyCORIS)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16 (derived: bf16 on GPUs that have it, else fp16; no on CPU)"})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "trade compute for memory (derived: on for GPUs with little memory)"})
@@ -118,6 +122,11 @@ class TrainConfig:
         for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
             if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        if self.network != "lora" and self.lora_dropout:
+            raise UserError(f"config key 'lora_dropout' works with --network lora only (LoHa/LoKr build their weight "
+                            f"change whole); drop --lora-dropout or use --network lora")
+        if self.lokr_factor != -1 and self.lokr_factor < 1:
+            raise UserError(f"config key 'lokr_factor' must be -1 or a positive integer, got {self.lokr_factor!r}")
         if self.resolution and self.resolution % 8:
             raise UserError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
         return self

@@ -151,7 +151,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
 
     # 2. LoRA in the UNet (and the text encoders), the only trainable weights
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout)
+    lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout, network=cfg.network,
+                      dora=cfg.dora, factor=cfg.lokr_factor)
     inject_adapter(unet, ADAPTER, lora, cfg.targets)
     trained = {"unet": unet}
     if cfg.train_text_encoder:

@@ -8,7 +8,9 @@ Layouts read here (all become ``{kohya module name: ModuleLora}``):
 * diffusers, legacy: ``<path>.lora.down/up.weight``, ``…lora_linear_layer.down/up.weight``
   and attention-processor names (``attn1.processor.to_q_lora.down.weight``);
   per-module ``.alpha`` tensors when present;
-* a bare PEFT model state dict (``base_model.model.<path>.lora_A[.<adapter>].weight``).
+* a bare PEFT model state dict (``base_model.model.<path>.lora_A[.<adapter>].weight``);
+* DoRA: ``<path>.lora_magnitude_vector`` (PEFT) or ``….lora_magnitude_vector.weight`` (diffusers'
+  kohya converter), one magnitude per output channel, kept as kohya's ``dora_scale`` (out, 1, …).
 
 Written here: the current diffusers/PEFT layout with the metadata that keeps every
 module's α (so ``load_lora_weights`` applies the same strength), plus our own
@@ -23,8 +25,9 @@ from collections import Counter
 
 import torch
 
-from ..errors import UserError
-from .naming import PREFIXES, component_of, kohya_name
+from ...errors import UserError
+from ..modules import ModuleLora
+from ..naming import PREFIXES, component_of, kohya_name
 
 METADATA_KEY = "lora_adapter_metadata"
 # diffusers pipeline attribute <-> our component key (SDXL's first encoder is te1 in kohya files)
@@ -40,8 +43,9 @@ _SUFFIXES = [
     (re.compile(r"_lora\.down\.weight$"), "down"),
     (re.compile(r"_lora\.up\.weight$"), "up"),
     (re.compile(r"\.alpha$"), "alpha"),
+    (re.compile(r"\.lora_magnitude_vector(\.[^.]+)*$"), "dora_scale"),
 ]
-_REFUSED = ("lora_magnitude_vector", "hada_", "lokr_", "lora_embedding_")
+_REFUSED = ("hada_", "lokr_", "lora_embedding_")
 
 
 def detect_layout(keys: list[str]) -> str:
@@ -94,14 +98,12 @@ def parse_diffusers_state_dict(
     peft_config: dict | None = None,
 ) -> dict:
     """diffusers/PEFT-layout tensors -> ``{kohya name: ModuleLora}``."""
-    from .file import ModuleLora  # file.py imports this module
-
     keys = list(tensors)
     for key in keys:
         if any(part in key for part in _REFUSED):
             raise UserError(
-                f"{source}: tensor {key!r} belongs to a DoRA/LyCORIS/embedding adapter, which is not supported; "
-                "use a plain LoRA file"
+                f"{source}: tensor {key!r} is a LyCORIS or embedding tensor in diffusers/PEFT naming, which no "
+                "diffusion tool writes; use the file in kohya/LyCORIS layout (lora_unet_…hada_w1_a)"
             )
     try:
         adapter_meta = json.loads(metadata.get(METADATA_KEY) or "{}")
@@ -146,6 +148,14 @@ def parse_diffusers_state_dict(
                     entry.alpha = float(alpha) * entry.rank ** 0.5
         if entry.diff_b is not None:
             entry.diff_b = entry.diff_b * entry.scale
+        if entry.dora_scale is not None:
+            # PEFT shapes conv magnitudes (1, out, 1, 1) for the activations; kohya keeps (out, 1, 1, 1)
+            out_dim = entry.up.shape[0]
+            if entry.dora_scale.numel() != out_dim:
+                raise UserError(f"{source}: module {path} of {component}: lora_magnitude_vector "
+                                f"{tuple(entry.dora_scale.shape)} does not have one value per output channel "
+                                f"({out_dim}); the file is corrupt")
+            entry.dora_scale = entry.dora_scale.reshape(out_dim, *[1] * (entry.down.dim() - 1))
     return modules
 
 
@@ -207,9 +217,13 @@ def to_diffusers_state_dict(modules: dict) -> tuple[dict[str, torch.Tensor], dic
     tensors: dict[str, torch.Tensor] = {}
     per_component: dict[str, dict[str, tuple[int, float]]] = {}
     alphas: dict[str, float] = {}
+    dora: set[str] = set()
     for name in sorted(modules):
         m = modules[name]
         component, path = module_path(name)
+        if m.kind != "lora" or getattr(m, "mid", None) is not None:
+            raise UserError(f"module {name} is a {m.kind if m.kind != 'lora' else 'Tucker LoCon'} module, which the "
+                            "diffusers layout cannot hold (diffusers loads plain LoRA and DoRA); keep kohya layout")
         if m.down is None:
             raise UserError(f"module {name} has only a bias delta, which the diffusers layout cannot hold; keep kohya layout")
         if m.diff_b is not None:
@@ -217,6 +231,15 @@ def to_diffusers_state_dict(modules: dict) -> tuple[dict[str, torch.Tensor], dic
         prefix = _WRITE_PREFIX[component]
         tensors[f"{prefix}.{path}.lora_A.weight"] = m.down
         tensors[f"{prefix}.{path}.lora_B.weight"] = m.up
+        if m.dora_scale is not None:
+            if m.dora_scale.numel() != m.up.shape[0]:
+                raise UserError(f"module {name} has a per-input-column dora_scale (an older LyCORIS DoRA), which "
+                                "diffusers/PEFT cannot hold; keep kohya layout")
+            magnitude = m.dora_scale.reshape(-1)
+            if m.down.dim() == 4:
+                magnitude = magnitude.reshape(1, -1, 1, 1)  # PEFT's conv magnitude shape
+            tensors[f"{prefix}.{path}.lora_magnitude_vector"] = magnitude
+            dora.add(prefix)
         alpha = float(m.rank if m.alpha is None else m.alpha)
         per_component.setdefault(prefix, {})[path] = (m.rank, alpha)
         alphas[name] = alpha
@@ -232,6 +255,8 @@ def to_diffusers_state_dict(modules: dict) -> tuple[dict[str, torch.Tensor], dic
         adapter_meta[f"{prefix}.alpha_pattern"] = {_pattern(p): a for p, (_, a) in entries.items() if a != alpha}
         adapter_meta[f"{prefix}.target_modules"] = sorted({_leaf(p) for p in entries})
         adapter_meta[f"{prefix}.init_lora_weights"] = True
+        if prefix in dora:
+            adapter_meta[f"{prefix}.use_dora"] = True
     metadata = {
         METADATA_KEY: json.dumps(adapter_meta, sort_keys=True),
         "lora_diffusion.alphas": json.dumps(alphas, sort_keys=True),

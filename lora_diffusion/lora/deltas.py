@@ -1,0 +1,101 @@
+"""Weight changes of each adapter network type, as plain tensor functions (fp32 in, fp32 out).
+
+One definition per type, shared by the layers that train and blend them and by the file tools,
+written to match the reference implementation (LyCORIS's module forward; its ``merge_to``
+applies alpha/rank twice for LoHa/LoKr, which A1111 and ComfyUI do not follow):
+
+* LoRA (LoCon):  ΔW = s · up @ down, with a Tucker core ``mid`` for k×k convs;
+* LoHa:          ΔW = s · (w1_a @ w1_b) ⊙ (w2_a @ w2_b), Tucker cores ``t1``/``t2`` for k×k convs;
+* LoKr:          ΔW = s · w1 ⊗ w2, each half full or a low-rank pair (``w2`` with a Tucker core);
+* DoRA:          W' = m · (W0 + ΔW) / ‖W0 + ΔW‖, the norm per output row (or per input column
+  for files that store ``dora_scale`` shaped (1, in)).
+
+``s`` is alpha / rank. Shapes of the result follow the factors; callers reshape to the base weight.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# LyCORIS adds this to the DoRA norm so an all-zero row cannot divide by zero
+_NORM_EPS = torch.finfo(torch.float32).eps
+
+
+def tucker(core: torch.Tensor, out_factor: torch.Tensor, in_factor: torch.Tensor) -> torch.Tensor:
+    """Rebuild a k×k conv weight from a Tucker core (r1, r2, kh, kw) and factors (r1, out), (r2, in)."""
+    return torch.einsum("i j ..., i p, j r -> p r ...", core, out_factor, in_factor)
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, mid: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """s · up @ down, shaped (out, in) or (out, in, kh, kw); ``mid`` is a LoCon Tucker core."""
+    out_dim = up.shape[0]
+    if mid is None:
+        product = up.reshape(out_dim, -1) @ down.reshape(down.shape[0], -1)
+        return product.reshape(out_dim, *down.shape[1:]) * scale
+    return tucker(mid, up.reshape(out_dim, -1).t(), down.reshape(down.shape[0], -1)) * scale
+
+
+def loha_delta(
+    w1_a: torch.Tensor, w1_b: torch.Tensor, w2_a: torch.Tensor, w2_b: torch.Tensor,
+    t1: torch.Tensor | None = None, t2: torch.Tensor | None = None, scale: float = 1.0,
+) -> torch.Tensor:
+    """s · (w1_a @ w1_b) ⊙ (w2_a @ w2_b); with Tucker cores w*_a are (r, out) and w*_b (r, in)."""
+    if t1 is not None:
+        return tucker(t1, w1_a, w1_b) * tucker(t2, w2_a, w2_b) * scale
+    return (w1_a @ w1_b) * (w2_a @ w2_b) * scale
+
+
+def lokr_delta(
+    w1: torch.Tensor | None, w1_a: torch.Tensor | None, w1_b: torch.Tensor | None,
+    w2: torch.Tensor | None, w2_a: torch.Tensor | None, w2_b: torch.Tensor | None,
+    t2: torch.Tensor | None = None, scale: float = 1.0,
+) -> torch.Tensor:
+    """s · w1 ⊗ w2; a conv's w2 keeps its kernel axes (w1 is broadcast over them)."""
+    if w1 is None:
+        w1 = w1_a @ w1_b
+    if w2 is None:
+        if t2 is not None:
+            w2 = tucker(t2, w2_a, w2_b)
+        else:
+            w2 = w2_a @ w2_b.reshape(w2_b.shape[0], -1)
+    if w2.dim() == 4:
+        w1 = w1[:, :, None, None]
+    # kron views its inputs: an einsum result may not be laid out for that
+    return torch.kron(w1.contiguous(), w2.contiguous()) * scale
+
+
+def dora_axis(magnitude: torch.Tensor, weight_shape: torch.Size | tuple[int, ...]) -> str | None:
+    """"out" (one magnitude per output row), "in" (per input column) or None if it fits neither."""
+    out_dim, in_dim = weight_shape[0], weight_shape[1]
+    shape = tuple(magnitude.shape)
+    if magnitude.numel() == out_dim and (len(shape) <= 1 or shape[0] == out_dim):
+        return "out"
+    if magnitude.numel() == in_dim and len(shape) >= 2 and shape[0] == 1 and shape[1] == in_dim:
+        return "in"
+    return None
+
+
+def column_norm(weight: torch.Tensor, axis: str) -> torch.Tensor:
+    """‖W‖ per output row ("out") or per input column ("in"), shaped to broadcast against W."""
+    if axis == "out":
+        return weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(-1, *[1] * (weight.dim() - 1))
+    moved = weight.transpose(0, 1)
+    norms = moved.reshape(moved.shape[0], -1).norm(dim=1)
+    return norms.reshape(1, -1, *[1] * (weight.dim() - 2))
+
+
+def dora_weight(w0: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, axis: str, *, detach_norm: bool = False) -> torch.Tensor:
+    """m · (W0 + ΔW) / ‖W0 + ΔW‖: the DoRA weight at full strength, in fp32.
+
+    ``detach_norm`` treats the norm as a constant for the gradient (the DoRA paper's §4.3 and
+    PEFT's training choice: same values, far less backward memory).
+    """
+    combined = w0 + delta
+    norm = column_norm(combined, axis) + _NORM_EPS
+    if detach_norm:
+        norm = norm.detach()
+    shape = norm.shape
+    return combined * (magnitude.reshape(shape) / norm)
+
+
+__all__ = ["tucker", "lora_delta", "loha_delta", "lokr_delta", "dora_axis", "column_norm", "dora_weight"]
