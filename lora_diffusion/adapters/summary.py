@@ -20,6 +20,8 @@ def describe(adapter: AdapterFile, path: Path) -> dict:
     return {
         "file": str(path),
         "format": adapter.layout,
+        "network": "+".join(adapter.networks) or "lora",
+        "dora": adapter.dora,
         "writer": f"lora-diffusion {writer}" if writer else "unknown",
         "rank": adapter.rank,
         "ranks": {str(k): v for k, v in sorted(rank_summary(adapter).items())},

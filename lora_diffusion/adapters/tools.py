@@ -1,8 +1,10 @@
 """LoRA arithmetic on files: merge (exact or by SVD), resize (lower rank), extract (from two models).
 
 All work on ``AdapterFile`` (kohya-keyed modules) in fp32. Low-rank SVDs go through the factors
-(QR of B and Aᵀ, then an SVD of the small core), so merging and resizing never build a
-full-size matrix; only ``extract`` needs full SVDs of weight differences.
+(QR of B and Aᵀ, then an SVD of the small core), so merging and resizing plain LoRAs never build a
+full-size matrix. LoHa, LoKr, Tucker and full-diff modules are additive too but not low-rank:
+they are merged exactly as a full diff (LyCORIS ``diff``) and resized by an SVD of their ΔW.
+DoRA modules are not additive (their weight depends on the base), so merge and resize refuse them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from .file import META_PREFIX, AdapterFile, ModuleLora
+from .file import META_PREFIX, AdapterFile
+from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 
 
 @dataclass
@@ -73,22 +76,61 @@ def _energy_error(s: torch.Tensor, rank: int) -> tuple[float, float]:
     return float(squares[rank:].sum()), float(squares.sum())
 
 
-def _check_compatible(name: str, modules: list[ModuleLora]) -> None:
-    shapes = {(tuple(m.up.shape[:1]), tuple(m.down.shape[1:])) for m in modules if m.down is not None}
+def _check_compatible(name: str, modules: list[ModuleDelta]) -> None:
+    shapes = {(tuple(m.up.shape[:1]), tuple(m.down.shape[1:])) for m in modules if m.is_low_rank}
     if len(shapes) > 1:
         raise UserError(f"module {name} has different shapes in the inputs; these LoRAs are for different base models")
 
 
+def refuse_dora(adapter: AdapterFile, command: str, source: str) -> None:
+    """One line for a DoRA input to an additive tool (merge, resize)."""
+    for name in sorted(adapter.modules):
+        if adapter.modules[name].dora_scale is not None:
+            raise UserError(
+                f"{command}: {source} is a DoRA adapter (module {name} has a dora_scale): its weight change depends on "
+                "the base and does not add up, so it cannot be merged or resized as a file; blend it at generation "
+                "time (--lora) or merge it into a base with `lora-diffusion bake`"
+            )
+
+
+def _dense_shape(modules: list[ModuleDelta]) -> tuple[int, ...] | None:
+    """The conv-kernel shape (out, in, kh, kw) if any input knows it, else None (ΔW stays 2-D)."""
+    for m in modules:
+        if isinstance(m, ModuleLora) and m.down is not None and m.down.dim() == 4:
+            return (m.up.shape[0], *m.down.shape[1:])
+        delta = m.delta() if m.has_weight else None
+        if delta is not None and delta.dim() == 4:
+            return tuple(delta.shape)
+    return None
+
+
+def _merge_dense(name: str, present: list[tuple[ModuleDelta, float]]) -> ModuleLycoris:
+    """Σ wᵢ·ΔWᵢ as a LyCORIS full diff: exact for any mix of types."""
+    total = None
+    for module, weight in present:
+        delta = module.checked_delta(name, "merge").reshape(module.delta().shape[0], -1) * weight
+        if total is not None and total.shape != delta.shape:
+            raise UserError(f"module {name} has different shapes in the inputs; these LoRAs are for different base models")
+        total = delta if total is None else total + delta
+    shape = _dense_shape([m for m, _ in present])
+    return ModuleLycoris(network_kind="full", factors={"diff": total.reshape(shape) if shape else total})
+
+
 def merge_adapters_exact(inputs: list[tuple[AdapterFile, float]]) -> AdapterFile:
     """One adapter equal to blending the inputs at their weights: ranks concatenated, no loss."""
+    for index, (adapter, _) in enumerate(inputs):
+        refuse_dora(adapter, "merge", f"input {index + 1}")
     names = sorted({n for adapter, _ in inputs for n in adapter.modules})
-    merged: dict[str, ModuleLora] = {}
+    merged: dict[str, ModuleDelta] = {}
     for name in names:
         present = [(a.modules[name], w) for a, w in inputs if name in a.modules]
         _check_compatible(name, [m for m, _ in present])
-        with_rank = [(m, w) for m, w in present if m.down is not None and w != 0.0]
-        entry = ModuleLora()
-        if with_rank:
+        with_weight = [(m, w) for m, w in present if m.has_weight and w != 0.0]
+        with_rank = [(m, w) for m, w in with_weight if m.is_low_rank]
+        entry: ModuleDelta = ModuleLora()
+        if len(with_rank) < len(with_weight):
+            entry = _merge_dense(name, with_weight)
+        elif with_rank:
             like = with_rank[0][0]
             ups, downs = zip(*(_factors(m, w) for m, w in with_rank))
             up, down = torch.cat(ups, dim=1), torch.cat(downs)
@@ -99,7 +141,7 @@ def merge_adapters_exact(inputs: list[tuple[AdapterFile, float]]) -> AdapterFile
         biases = [m.diff_b.float() * w for m, w in present if m.diff_b is not None]
         if biases:
             entry.diff_b = sum(biases)
-        if entry.down is not None or entry.diff_b is not None:
+        if entry.has_weight or entry.diff_b is not None:
             merged[name] = entry
     return AdapterFile(merged, _merged_metadata(inputs, None))
 
@@ -124,6 +166,8 @@ def resize_adapter(adapter: AdapterFile, rank: int | None = None, keep_energy: f
     if keep_energy is not None and not 0 < keep_energy <= 1:
         raise UserError(f"--keep-energy must be in (0, 1], got {keep_energy}")
 
+    refuse_dora(adapter, "resize", "the input")
+
     def choose(s: torch.Tensor) -> int:
         if rank is not None:
             return min(rank, len(s))
@@ -137,19 +181,30 @@ def resize_adapter(adapter: AdapterFile, rank: int | None = None, keep_energy: f
     result.metadata[META_PREFIX + "rank"] = str(result.rank)
     result.metadata["ss_network_dim"] = str(result.rank)
     result.metadata["ss_network_alpha"] = str(result.rank)
+    if adapter.networks != ["lora"] or getattr(adapter, "dora", False):
+        # the result is a plain LoRA whatever the input's type was
+        result.metadata["ss_network_module"] = "networks.lora"
+        for key in ("ss_network_args", META_PREFIX + "network", META_PREFIX + "dora"):
+            result.metadata.pop(key, None)
     return result, report
 
 
 def _resize_modules(adapter: AdapterFile, choose) -> tuple[AdapterFile, Report]:
-    modules: dict[str, ModuleLora] = {}
+    modules: dict[str, ModuleDelta] = {}
     errors: list[ModuleError] = []
     dropped_total = energy_total = 0.0
     for name in sorted(adapter.modules):
         module = adapter.modules[name]
-        if module.down is None:
+        if not module.has_weight:
             modules[name] = module
             continue
-        u, s, vh = _svd_of_product(*_factors(module, 1.0))
+        if module.is_low_rank:
+            u, s, vh = _svd_of_product(*_factors(module, 1.0))
+        else:
+            delta = module.checked_delta(name, "resize")
+            shape = _dense_shape([module]) or tuple(delta.shape)
+            u, s, vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1).double(), full_matrices=False)
+            module = ModuleLora(down=torch.empty(1, *shape[1:]), up=torch.empty(shape[0], 1), diff_b=module.diff_b)
         keep = max(1, choose(s))
         dropped, total = _energy_error(s, keep)
         dropped_total, energy_total = dropped_total + dropped, energy_total + total

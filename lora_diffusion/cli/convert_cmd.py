@@ -38,6 +38,6 @@ def file_dtype(adapter) -> str:
 
     names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     for module in adapter.modules.values():
-        if module.down is not None:
-            return names.get(module.down.dtype, "fp32")
+        if module.has_weight:
+            return names.get(module.tensors()[0].dtype, "fp32")
     return "fp16"

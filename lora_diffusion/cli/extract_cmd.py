@@ -9,7 +9,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "extract",
         help="make a LoRA of rank R from the difference between a fine-tuned model and its base (SVD)",
-        description="Per module, the best rank-R approximation (SVD) of tuned − base. Prints each module's "
+        description="Writes a plain LoRA: per module, the best rank-R approximation (SVD) of tuned − base. Prints each module's "
                     "relative error ‖Δ − Δ_R‖/‖Δ‖ and the overall one.",
     )
     parser.add_argument("--base", required=True, help="the base model (builtin, folder, single file, hub id)")

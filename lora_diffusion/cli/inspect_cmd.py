@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"file:     {safe_text(info['file'])} ({info['size_bytes'] / 1e6:.2f} MB)",
         f"format:   {info['format']} layout, written by {safe_text(info['writer'])}",
+        f"type:     {info['network']}" + (" with DoRA (weight-decomposed)" if info["dora"] else ""),
         f"base:     {info['base']}",
         f"rank:     {info['rank']}" + ("" if len(info["ranks"]) == 1 else f" (per module: {info['ranks']})"),
         f"alpha:    {info['alpha']}",

@@ -10,8 +10,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "merge",
         help="merge LoRAs with weights into one file (exact, or SVD to --rank)",
         description="Without --rank the result is exact: ranks are concatenated, so it equals blending the "
-                    "inputs at their weights. With --rank the blend is reduced per module by SVD and the "
-                    "relative error is printed.",
+                    "inputs at their weights (modules with LoHa/LoKr inputs become exact full weight differences). "
+                    "With --rank the blend is reduced per module by SVD to a plain LoRA and the relative error is "
+                    "printed. DoRA inputs are refused: not additive; blend them at generation time or use bake.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IN[:WEIGHT]", help="LoRA files, each with an optional weight (default 1.0)")
     parser.add_argument("--out", required=True, help="output .safetensors")
@@ -24,17 +25,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters.file import read_adapter, write_adapter
-    from ..adapters.tools import merge_adapters_exact, merge_adapters_svd
+    from ..adapters.tools import merge_adapters_exact, merge_adapters_svd, refuse_dora
     from ..generation.engine import LoraChoice
     from .text import safe_text
 
     inputs = []
     for spec in args.inputs:
         choice = LoraChoice.parse(spec)
-        inputs.append((read_adapter(choice.path), choice.weight))
+        adapter = read_adapter(choice.path)
+        refuse_dora(adapter, "merge", str(choice.path))
+        inputs.append((adapter, choice.weight))
     if args.rank is None:
         merged = merge_adapters_exact(inputs)
         note = f"exact, rank {merged.rank}"
+        full = sum(1 for m in merged.modules.values() if m.kind == "full")
+        if full:
+            note += (f"; {full} modules with LoHa/LoKr/Tucker inputs kept exactly as full weight differences "
+                     "(LyCORIS diff, large): pass --rank R for a small LoRA")
     else:
         merged, report = merge_adapters_svd(inputs, args.rank)
         note = f"SVD to rank {args.rank}; {report.summary()}"

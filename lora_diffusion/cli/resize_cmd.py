@@ -9,7 +9,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "resize",
         help="lower a LoRA's rank by SVD (fixed rank, or dynamic by kept energy); prints the error",
-        description="Per module, keep the largest singular directions of (alpha/r)·B·A. The printed error is "
+        description="Per module, keep the largest singular directions of its weight change ((alpha/r)·B·A, or the "
+                    "ΔW of a LoHa/LoKr/full module). Accepts LoRA, LoCon, LoHa, LoKr and full-diff files and always "
+                    "writes a plain LoRA; DoRA files are refused (not additive). The printed error is "
                     "the dropped share: sqrt(Σ dropped σ² / Σ σ²).",
     )
     parser.add_argument("input", metavar="IN")
