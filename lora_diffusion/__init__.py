@@ -14,7 +14,7 @@ from .adapters.apply import (  # noqa: E402
     pipeline_components,
     save_adapter,
 )
-from .adapters.file import AdapterFile, ModuleLora, read_adapter, write_adapter  # noqa: E402
+from .adapters.file import AdapterFile, ModuleLora, ModuleLycoris, read_adapter, write_adapter  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .lora.config import LoraConfig  # noqa: E402
 from .lora.inject import (  # noqa: E402
@@ -40,6 +40,7 @@ __all__ = [
     "LoraLayer",
     "LoraLinear",
     "ModuleLora",
+    "ModuleLycoris",
     "UserError",
     "adapter_names",
     "apply_adapter",

@@ -266,3 +266,65 @@ def test_merge_resize_inspect_and_convert_say_what_they_accept(tmp_path, capsys)
     for key, module in original.modules.items():
         assert torch.equal(back.modules[key].dora_scale, module.dora_scale)
         torch.testing.assert_close(back.modules[key].delta(), module.delta())
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("squares")
+    for i, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]):
+        image = Image.new("RGB", (32, 32), (230, 210, 170))
+        image.paste(color, (8, 8, 24, 24))
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a square number {i}")
+    return str(folder)
+
+
+@pytest.mark.parametrize("network, dora", [("loha", False), ("lokr", False), ("lora", True)])
+def test_training_each_network_lowers_the_loss_and_lycoris_reads_the_file(network, dora, tiny_base, squares, tmp_path):
+    from test_train import _cfg, _fixed_loss
+
+    from lora_diffusion.models.loading import load_pipeline
+    from lora_diffusion.training.trainer import train
+
+    out = tmp_path / f"{network}.safetensors"
+    train(_cfg(tiny_base, squares, out, steps=30, rank=4, network=network, dora=dora), progress=False)
+    assert _fixed_loss(tiny_base, squares, out, 1.0) < _fixed_loss(tiny_base, squares, out, 0.0)
+    adapter = read_adapter(out)
+    assert adapter.networks == [network] and adapter.dora == dora
+    assert adapter.metadata["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(adapter.metadata["ss_network_args"])["algo"] == {"lora": "locon"}.get(network, network)
+
+    pipe = load_pipeline(tiny_base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lycoris_kohya.LycorisNetworkKohya.apply_preset(PRESET)  # its default preset breaks on a diffusers UNet
+        net, _ = lycoris_kohya.create_network_from_weights(1.0, str(out), pipe.vae, pipe.text_encoder, pipe.unet)
+    assert len(net.unet_loras) == len(adapter.modules) == 32
+    ours = load_pipeline(tiny_base)
+    components = pipeline_components(ours)
+    name = load_adapter(out, components)
+    for module in net.unet_loras:
+        layer = _our_layer(components, module.lora_name)
+        reference = _reference_delta(module, layer.base_layer.weight.detach().float())
+        assert reference.abs().max() > 0
+        torch.testing.assert_close(layer.delta_weight(name), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_fresh_dora_and_lycoris_adapters_start_at_the_base():
+    """B (LoRA), w2_a (LoHa) and w2's second factor (LoKr) start at zero and DoRA's magnitude at ‖W0‖."""
+    from lora_diffusion.lora.config import LoraConfig
+    from lora_diffusion.lora.layers import LoraConv2d, LoraLinear
+
+    torch.manual_seed(0)
+    for layer, x in ((LoraLinear(torch.nn.Linear(12, 16)), torch.randn(3, 12)),
+                     (LoraConv2d(torch.nn.Conv2d(8, 16, 3, padding=1)), torch.randn(2, 8, 5, 5))):
+        expected = layer.base_layer(x)
+        for network in ("lora", "loha", "lokr"):
+            for dora in (False, True):
+                name = f"{network}_{int(dora)}"
+                layer.add_adapter(name, LoraConfig(rank=2, network=network, dora=dora))
+                assert layer.delta_weight(name).abs().max() <= 1e-6
+        assert torch.allclose(layer(x), expected, atol=1e-5)
+        assert sum(p.numel() for p in layer.lora_dense.parameters()) > 0 and len(layer.lora_magnitude) == 3
