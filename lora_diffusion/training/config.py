@@ -123,7 +123,7 @@ class TrainConfig:
             if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
         if self.network != "lora" and self.lora_dropout:
-            raise UserError(f"config key 'lora_dropout' works with --network lora only (LoHa/LoKr build their weight "
+            raise UserError("config key 'lora_dropout' works with --network lora only (LoHa/LoKr build their weight "
                             "change whole); drop --lora-dropout or use --network lora")
         if self.lokr_factor != -1 and self.lokr_factor < 1:
             raise UserError(f"config key 'lokr_factor' must be -1 or a positive integer, got {self.lokr_factor!r}")
