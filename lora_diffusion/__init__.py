@@ -7,6 +7,14 @@ files → ``data`` → latents/text states → ``training`` → adapter file (``
 
 __version__ = "0.1.0"
 
+import logging  # noqa: E402
+
+# diffusers and peft import torchao when it is installed; on a torch build without its optional
+# kernels (any CPU build) it logs one warning per kernel library it cannot load, and its enum
+# registrations log torch deprecation notices: noise on every command, nothing a user can act on
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
 from .adapters.apply import (  # noqa: E402
     apply_adapter,
     extract_adapter,

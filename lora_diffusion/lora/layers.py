@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserError
 from . import deltas
 from .config import LoraConfig
 from .networks import DenseNetwork, LohaNetwork, LokrNetwork
@@ -250,6 +251,9 @@ class LoraLayer(nn.Module):
         if self._pristine is not None and active == self._merged and not fresh:
             return
         weight = self.base_layer.weight
+        if type(weight.data) is not torch.Tensor:
+            raise UserError("a LoRA cannot be merged into a quantized base weight (stored in 8 or 4 bits); "
+                                     "load the base at full precision (--base-precision auto) to merge or bake")
         bias = getattr(self.base_layer, "bias", None)
         if self._pristine is None:
             self._pristine = (weight.detach().clone(), None if bias is None else bias.detach().clone())

@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text_targets": ("attn", "attn-mlp"),
     "init": ("kaiming", "gaussian"),
     "network": ("lora", "loha", "lokr"),
+    "base_precision": ("auto", "bf16", "fp16", "fp8", "int8", "nf4"),
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
     "nan_policy": ("skip", "stop"),
@@ -63,6 +64,7 @@ class TrainConfig:
     dora: bool = field(default=False, metadata={"help": "weight-decomposed training (DoRA): a trained magnitude per output channel on top of the network"})
     lokr_factor: int = field(default=-1, metadata={"help": "LoKr: split each dimension with this factor (-1: as square as possible, as LyCORIS)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    base_precision: str = field(default="auto", metadata={"help": "storage of the frozen base: auto (the training dtype), bf16, fp16, or quantized int8, fp8, nf4 (QLoRA-style, through torchao; Linear layers)"})
     mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16 (derived: bf16 on GPUs that have it, else fp16; no on CPU)"})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "trade compute for memory (derived: on for GPUs with little memory)"})
     offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})

@@ -6,6 +6,7 @@ resumable state in ``checkpoint.py``, data in ``lora_diffusion.data``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from ..data.prefetch import Prefetcher, default_workers
 from ..errors import Interrupted, UserError
 from ..lora.config import LoraConfig
 from ..lora.inject import inject_adapter, parameter_report
+from ..models.base_precision import QUANTIZED, check_base_precision, quantize_frozen
 from ..models.loading import load_pipeline
 from ..writable import writable_file
 from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
@@ -99,6 +101,16 @@ def _cast_lora_fp32(model) -> None:
             p.data = p.data.float()
 
 
+def _base_precision_sets_dtype(cfg: TrainConfig) -> TrainConfig:
+    """``--base-precision bf16|fp16`` is the training dtype: it fills --mixed-precision or must agree with it."""
+    if cfg.base_precision not in ("bf16", "fp16"):
+        return cfg
+    if cfg.mixed_precision not in (None, cfg.base_precision):
+        raise UserError(f"--base-precision {cfg.base_precision} with --mixed-precision {cfg.mixed_precision}: the base is "
+                        f"stored in the training dtype; give one of them, or the same value to both")
+    return dataclasses.replace(cfg, mixed_precision=cfg.base_precision)
+
+
 def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Run one training job as configured; returns where the adapter went and the losses."""
@@ -115,6 +127,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     require_examples(examples, skipped)
     images = sum(e.repeats for e in examples)
     device = DeviceFacts.detect()
+    cfg = _base_precision_sets_dtype(cfg)
     precision = cfg.mixed_precision or default_precision(device)[0]
     # bf16 runs the frozen base in bf16 with no autocast (fp32 adapter weights, cast per LoRA layer):
     # autocast would run every GroupNorm in fp32 and keep fp32 activations, +15-25% memory on SDXL.
@@ -123,6 +136,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                               gradient_accumulation_steps=cfg.gradient_accumulation, cpu=device.kind == "cpu")
     main = accelerator.is_main_process
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    check_base_precision(cfg.base_precision, accelerator.device, dora=cfg.dora, compile=bool(cfg.compile))
 
     # 1. the base model, frozen; then every setting the user left open is derived
     pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
@@ -192,6 +206,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             model.to("cpu")
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
+    if cfg.base_precision in QUANTIZED:
+        count = quantize_frozen(unet, cfg.base_precision, accelerator.device)
+        te_count = sum(quantize_frozen(model, cfg.base_precision, accelerator.device) for model in text_encoders.values()
+                       if model.device.type == accelerator.device.type)  # offloaded encoders stay off the GPU as they are
+        if main and progress:
+            print(f"base precision: {cfg.base_precision} for {count} frozen Linear layers of the UNet and {te_count} of "
+                  f"the text encoders (torchao, weight-only); convolutions and the LoRA stay "
+                  f"{precision if precision != 'no' else 'fp32'}", file=sys.stderr)
     unet.to(accelerator.device)
 
     # 4. optimizer and schedule
