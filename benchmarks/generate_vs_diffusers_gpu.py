@@ -79,8 +79,6 @@ def bench(arch: str, work: Path, repeats: int) -> list[str]:
         t = statistics.median(times[name][1:])
         rows.append(f"| {arch} | {size} px | {name} | {dtype if 'ours' in name else torch.float16} | {t:.3f} | "
                     f"{100 * (t / peer_time - 1):+.1f}% | {peaks[name]:.2f} |")
-    del peer, engine
-    torch.cuda.empty_cache()
     return rows
 
 
@@ -115,6 +113,7 @@ def main() -> None:
     for arch in args.archs:
         for row in bench(arch, args.work, args.repeats):
             print(row, flush=True)
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def test_quantized_base_keeps_the_lora_trainable_and_the_base_frozen(precision):
         layer.merge()
 
 
-def test_int8_base_trains_a_file_that_loads_on_the_full_base(tiny_base, tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_quantized_base_trains_a_file_that_loads_on_the_full_base(precision, tiny_base, tmp_path, capsys):
     from PIL import Image
 
     from lora_diffusion.adapters.apply import load_adapter, pipeline_components
@@ -52,10 +53,10 @@ def test_int8_base_trains_a_file_that_loads_on_the_full_base(tiny_base, tmp_path
         Image.new("RGB", (32, 32), (200, 40 + 100 * i, 40)).save(data / f"{i}.png")
     out = tmp_path / "q.safetensors"
     args = ["train", "--base", tiny_base, "--data", str(data), "--output", str(out), "--resolution", "32",
-            "--steps", "3", "--batch-size", "2", "--caption", "a square", "--base-precision", "int8"]
+            "--steps", "3", "--batch-size", "2", "--caption", "a square", "--base-precision", precision]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "base precision: int8 for 50 frozen Linear layers of the UNet and 12 of the text encoders" in err
+    assert f"base precision: {precision} for 50 frozen Linear layers of the UNet and 12 of the text encoders" in err
     adapter = read_adapter(out)
     assert adapter.rank and len(adapter.modules) == 32
     assert all(t.dtype == torch.float16 for m in adapter.modules.values() for t in m.tensors())

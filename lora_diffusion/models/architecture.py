@@ -76,10 +76,8 @@ def fingerprint(named_weights: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         if tensor.device.type != "meta":
-            if type(tensor.data) is not torch.Tensor and hasattr(tensor, "dequantize"):
-                tensor = tensor.dequantize()  # a quantized base (--base-precision int8/fp8)
-            elif type(tensor.data) is not torch.Tensor and hasattr(tensor, "get_original_weight"):
-                tensor = tensor.get_original_weight()  # NF4
+            if type(tensor.data) is not torch.Tensor:  # a quantized base (--base-precision int8/fp8/nf4)
+                tensor = tensor.get_original_weight() if hasattr(tensor, "get_original_weight") else tensor.dequantize()
             head = tensor.detach().flatten()[:64].float().cpu().numpy()
             digest.update(head.tobytes())
     return digest.hexdigest()[:16]
