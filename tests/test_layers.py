@@ -202,3 +202,23 @@ def test_weight_changes_are_low_rank_updates_that_stay_exact():
     layer.merge()
     assert torch.equal(layer.base_layer.weight, layer._pristine[0])
     assert torch.equal(layer.base_layer.bias, layer._pristine[1])
+
+
+def test_bare_while_merged_runs_the_base_modules_and_puts_the_layers_back(sd1):
+    from conftest import randomize_lora, unet_inputs, unet_out
+    from lora_diffusion.lora.inject import bare_while_merged, blend_adapters, inject_adapter, lora_layers
+
+    unet = sd1["unet"]
+    inject_adapter(unet, "a", LoraConfig(rank=2))
+    randomize_lora(unet, "a")
+    inputs = unet_inputs(unet)
+    blend_adapters(unet, {"a": 0.7})
+    expected = unet_out(unet, inputs)
+    layers = lora_layers(unet)
+    with bare_while_merged(unet) as taken:
+        assert taken == len(layers) == 32 and not lora_layers(unet)
+        assert torch.equal(unet_out(unet, inputs), expected)
+    assert lora_layers(unet) == layers
+    next(iter(layers.values())).set_weight("a", 0.2)  # one layer with an unmerged change keeps its wrapper
+    with bare_while_merged(unet) as taken:
+        assert taken == 31

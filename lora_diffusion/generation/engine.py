@@ -8,6 +8,7 @@ base model costs. All weights 0 gives back the base weights bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from ..adapters.apply import apply_adapter, pipeline_components
 from ..adapters.file import read_adapter
 from ..errors import UserError
-from ..lora.inject import blend_adapters
+from ..lora.inject import bare_while_merged, blend_adapters
 from ..models.loading import load_pipeline
 from .params import GenerationParams
 from .schedulers import make_scheduler
@@ -132,9 +133,12 @@ class GenerationEngine:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
         seed = random.randrange(2**32) if seed is None else int(seed)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
-        images = pipe([prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
-                      num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                      generator=generators).images
+        with contextlib.ExitStack() as stack:
+            for model in pipeline_components(pipe).values():
+                stack.enter_context(bare_while_merged(model))  # blended weights are baked in: base-model speed
+            images = pipe([prompt] * num_images, negative_prompt=[negative_prompt] * num_images if negative_prompt else None,
+                          num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                          generator=generators).images
         model = base if base == "builtin" else Path(base).name or base
         out = []
         for i, image in enumerate(images):

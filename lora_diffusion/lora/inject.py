@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Iterator, Sequence
@@ -153,6 +154,26 @@ def blend_adapters(model: nn.Module, weights: dict[str, float]) -> None:
             if name in layer.rank:
                 layer.set_weight(name, weight)
         layer.merge()
+
+
+@contextmanager
+def bare_while_merged(model: nn.Module) -> Iterator[int]:
+    """Within the block, every LoRA layer with nothing left to add (all adapters merged, or all at
+    weight 0) is replaced by its base module, which holds the blended weight: the network runs
+    exactly as a plain model would, without one wrapper call per layer (about 10% of an SDXL
+    step at 1024 px). Yields how many layers were taken out; all are put back afterwards.
+    """
+    bare: list[tuple[str, LoraLayer]] = []
+    for path, layer in lora_layers(model).items():
+        if not layer._side_paths():  # the base module's own forward is then the layer's output, exactly
+            bare.append((path, layer))
+    for path, layer in bare:
+        _replace(model, path, layer.base_layer)
+    try:
+        yield len(bare)
+    finally:
+        for path, layer in bare:
+            _replace(model, path, layer)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
