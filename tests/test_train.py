@@ -69,6 +69,8 @@ def test_short_run_lowers_loss_and_writes_an_adapter_inspect_reads(tiny_base, st
     assert json.loads(info["metadata"]["lora_diffusion.dataset"])["images"] == 4
     log = [json.loads(line) for line in (tmp_path / "style-logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 31))
+    curve = json.loads(info["metadata"]["lora_diffusion.loss_curve"])  # the Library plots it
+    assert curve == [[i + 1, round(loss, 6)] for i, loss in enumerate(result.losses)]
 
 
 def test_cached_latents_give_the_same_loss_sequence(tiny_base, style_folder, tmp_path):

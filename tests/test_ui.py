@@ -220,3 +220,64 @@ def test_a_dropped_png_fills_the_fields_and_regenerates_the_identical_image(tmp_
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(UserError, match=r"^plain.png: no generation parameters in this PNG$"):
         state.png_fields(str(plain))
+
+
+def test_compare_makes_a_labelled_grid_with_the_same_seed_down_each_column(tmp_path, lora_dir):
+    import numpy as np
+    from PIL import Image
+
+    from lora_diffusion.ui.app import UiState
+
+    state = UiState(str(lora_dir), out_dir=str(tmp_path / "out"), device="cpu")
+    path, axes = state.compare("builtin", "a blue square", "", 5, 2, 5.0, 64, 64, "Euler", "sepia-ish", "0,1",
+                               "seeds", "3,4,5", None)
+    grid = Image.open(path)
+    assert grid.size == (96 + 3 * 64, 24 + 2 * 64)  # row-label band 96 px, column-label band 24 px
+    assert axes == "rows: sepia-ish 0 | sepia-ish 1\ncolumns: seed 3 | seed 4 | seed 5"
+    text = grid.text["parameters"].split("\n\n")
+    assert len(text) == 6 and "Seed: 3" in text[0] and "Seed: 3" in text[3] and "<lora:sepia-ish:1>" in text[3]
+    # weight 0 row = the image without the LoRA, cell by cell
+    plain, _ = state.generate("builtin", "a blue square", "", 4, 2, 5.0, 64, 64, "Euler", 1, [False, None, 1.0] * 4)
+    cell = np.asarray(grid)[24:88, 96 + 64:96 + 128]
+    assert np.array_equal(cell, np.asarray(Image.open(plain[0][0]).convert("RGB")))
+    path, axes = state.compare("builtin", "a blue square", "", 5, 2, 5.0, 64, 64, "Euler", "sepia-ish", "0.5",
+                               "second LoRA", "-1,1", "bold")
+    assert axes == "rows: sepia-ish 0.5\ncolumns: bold -1 | bold 1"
+    with pytest.raises(UserError, match="Compare by prompts: write one prompt per line"):
+        state.compare("builtin", "x", "", 5, 2, 5.0, 64, 64, "Euler", "bold", "0,1", "prompts", "", None)
+    with pytest.raises(UserError, match="Compare weights 'a,b': write comma-separated numbers"):
+        state.compare("builtin", "x", "", 5, 2, 5.0, 64, 64, "Euler", "bold", "a,b", "seeds", "1", None)
+
+
+def test_curves_trigger_words_and_preview_cards(tmp_path, lora_dir):
+    import json
+    import shutil
+
+    from lora_diffusion.training.curves import curve_rows, smoothed, thin
+    from lora_diffusion.ui.app import UiState, _add_to_prompt
+    from lora_diffusion.ui.library import trigger_words
+
+    assert smoothed([1.0, 0.0]) == [1.0, pytest.approx(0.9 * 0.1 / 0.19)]  # debiased EMA, first point kept
+    assert thin([(i, float(i)) for i in range(1, 1001)], 5) == [(1, 1.0), (251, 251.0), (501, 501.0), (750, 750.0), (1000, 1000.0)]
+    rows = curve_rows([(1, 2.0), (2, 1.0)])
+    assert rows["step"] == [1, 2, 1, 2] and rows["series"] == ["raw", "raw", "smoothed", "smoothed"]
+    assert trigger_words({"metadata": {"ss_tag_frequency": json.dumps({"a": {"red": 3, "blue": 5}, "b": {"red": 4}})}}) \
+        == ["red", "blue"]
+    assert _add_to_prompt("a cat", ["sks style"]) == "a cat, sks style"
+    assert _add_to_prompt("a cat, sks style", ["sks style"]) == "a cat, sks style"
+
+    folder = tmp_path / "loras"
+    shutil.copytree(lora_dir, folder)
+    state = UiState(str(folder), out_dir=str(tmp_path / "out"), device="cpu")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "bold.preview.png")
+    cards = state.cards()
+    assert [name for _, name in cards] == ["bold", "sepia-ish"]
+    assert cards[0][0] == str(folder / "bold.preview.png") and cards[1][0].endswith("no-preview.png")
+    text, words, frame = state.details("sepia-ish")
+    assert words == [["<b>not html</b>"]] and "rank:     4" in text and frame is None
+    state.library.rename("bold", "bolder")  # the preview follows its LoRA
+    assert (folder / "bolder.preview.png").is_file() and not (folder / "bold.preview.png").exists()
+    state.library.delete("bolder")
+    assert not (folder / "bolder.preview.png").exists()

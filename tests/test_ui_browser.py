@@ -1,5 +1,6 @@
-"""The web UI in a real browser (Debian's chromium through Playwright): generate with two LoRAs,
-train from uploaded images, and see the new LoRA in the library."""
+"""The web UI in a real browser (Debian's chromium through Playwright): generate with two LoRAs, with a
+typed <lora:…> tag, from a dropped PNG; a Compare grid; train from uploaded images watching the loss curve,
+and see the new LoRA in the library."""
 
 import os
 import shutil
@@ -74,8 +75,14 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
     captions = [p.with_suffix(".txt") for p in images]
     page.locator("#train-files input[type=file]").set_input_files([str(p) for p in images + captions])
     page.locator("#train-files").get_by_text(images[0].name).first.wait_for(timeout=30_000)
-    page.locator("#train-steps input").fill("6")
+    page.locator("#train-steps input").fill("40")
     page.locator("#train-start").click()
+    # the live curve: its label counts the steps plotted; wait until it holds at least two
+    page.wait_for_function(
+        """() => { const m = document.querySelector('#train-loss-plot').innerText.match(/Loss \\(raw and smoothed\\): (\\d+) step/);
+                   return m && Number(m[1]) >= 2; }""", timeout=240_000)
+    page.locator("#train-loss-plot canvas, #train-loss-plot svg").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "ui-train-curve.png"), full_page=True)
     page.locator("#train-status").get_by_text("saved browser-trained.safetensors").wait_for(timeout=240_000)
     assert (page.root / "loras" / "browser-trained.safetensors").is_file()
     page.screenshot(path=str(ARTIFACTS / "ui-train.png"), full_page=True)
@@ -84,5 +91,102 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
     info = page.locator("#library-info textarea")
     page.wait_for_function("() => document.querySelector('#library-info textarea').value.includes('rank:')")
     text = info.input_value()
-    assert "base:     builtin" in text and "rank:     8" in text and "steps=6" in text
+    assert "base:     builtin" in text and "rank:     8" in text and "steps=40" in text
     page.screenshot(path=str(ARTIFACTS / "ui-library.png"), full_page=True)
+
+
+def _newest_png(folder, before):
+    made = sorted(set(folder.glob("*.png")) - before, key=lambda p: p.stat().st_mtime)
+    return made[-1] if made else None
+
+
+def _generate_and_wait(page):
+    out = page.root / "out"
+    before = set(out.glob("*.png"))
+    page.locator("#generate-button").click()
+    for _ in range(240):
+        made = _newest_png(out, before)
+        if made is not None:
+            page.wait_for_timeout(300)  # the PNG is renamed into place whole; let the page catch up
+            return made
+        page.wait_for_timeout(500)
+    raise AssertionError("no image was written")
+
+
+def _pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _clear_slots(page):
+    _set_slider(page, "count", 1)  # one image per click: the newest PNG is the one just made
+    for slot in range(4):
+        box = page.locator(f"#lora-on-{slot} input")
+        if box.is_checked():
+            box.uncheck()
+
+
+def test_a_typed_lora_tag_gives_the_same_image_as_the_slot(page):
+    import numpy as np
+
+    page.get_by_role("tab", name="Generate").click()
+    _clear_slots(page)
+    page.locator("#prompt textarea").fill("a green star")
+    page.locator("#seed input").fill("11")
+    page.locator("#lora-on-0 input").check()
+    _choose(page, "lora-name-0", "bold")
+    _set_slider(page, "lora-weight-0", 0.6)
+    by_slot = _generate_and_wait(page)
+    _clear_slots(page)
+    page.locator("#prompt textarea").fill("a green star <lora:bold:0.6>")
+    by_tag = _generate_and_wait(page)
+    assert np.array_equal(_pixels(by_slot), _pixels(by_tag))
+    assert "<lora:bold:0.6>" in page.locator("#params textarea").input_value()
+    page.screenshot(path=str(ARTIFACTS / "ui-prompt-tag.png"), full_page=True)
+
+
+def test_a_dropped_png_fills_the_fields_and_regenerates_the_identical_image(page):
+    import numpy as np
+
+    page.get_by_role("tab", name="Generate").click()
+    _clear_slots(page)
+    page.locator("#prompt textarea").fill("a yellow moon <lora:sepia-ish:0.7>")
+    page.locator("#seed input").fill("21")
+    original = _generate_and_wait(page)
+    page.locator("#prompt textarea").fill("something else")
+    page.locator("#seed input").fill("1")
+    page.get_by_text("PNG info: reuse an image's parameters").click()
+    page.locator("#png-info input[type=file]").set_input_files(str(original))
+    page.locator("#png-status").get_by_text(f"loaded {original.name}").wait_for(timeout=30_000)
+    assert page.locator("#prompt textarea").input_value() == "a yellow moon <lora:sepia-ish:0.7>"
+    assert page.locator("#seed input").input_value() == "21"
+    again = _generate_and_wait(page)
+    assert np.array_equal(_pixels(original), _pixels(again))
+    page.screenshot(path=str(ARTIFACTS / "ui-png-info.png"), full_page=True)
+
+
+def test_compare_makes_a_two_by_three_grid_with_the_right_labels(page):
+    from PIL import Image
+
+    page.get_by_role("tab", name="Generate").click()
+    _clear_slots(page)
+    page.locator("#prompt textarea").fill("a red circle on a blue background")
+    page.get_by_text("Compare: a weight grid").click()
+    _choose(page, "compare-lora", "sepia-ish")
+    page.locator("#compare-weights textarea, #compare-weights input").first.fill("0,1")
+    page.locator("#compare-values textarea").fill("1,2,3")
+    page.locator("#compare-button").click()
+    page.wait_for_function("() => document.querySelector('#compare-axes textarea').value.includes('columns:')",
+                           timeout=240_000)
+    axes = page.locator("#compare-axes textarea").input_value()
+    assert axes == "rows: sepia-ish 0 | sepia-ish 1\ncolumns: seed 1 | seed 2 | seed 3"
+    page.locator("#compare-grid img").first.wait_for(timeout=30_000)
+    grids = sorted((page.root / "out").glob("*-grid.png"))
+    assert len(grids) == 1
+    grid = Image.open(grids[0])
+    assert grid.size == (96 + 3 * 64, 24 + 2 * 64)
+    assert grid.text["grid"] == axes
+    page.screenshot(path=str(ARTIFACTS / "ui-compare.png"), full_page=True)
+    grid.save(ARTIFACTS / "compare-grid.png")

@@ -39,21 +39,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _numbers(text: str, flag: str, kind=float) -> list:
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: write comma-separated numbers, e.g. {flag} 0,0.5,1") from None
-    if not values:
-        raise UserError(f"{flag} is empty; write comma-separated numbers, e.g. {flag} 0,0.5,1")
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..generation.engine import GenerationEngine, LoraChoice
-    from ..generation.grid import Column, save_grid, weight_grid
+    from ..generation.grid import grid_columns, parse_numbers, save_grid, weight_grid
     from ..generation.precision import generation_dtype
     from ..writable import writable_file
 
@@ -61,23 +51,19 @@ def run(args: argparse.Namespace) -> int:
     for path, flag in ((lora.path, "--lora"), (args.lora2, "--lora2")):
         if path and not Path(path).is_file():
             raise UserError(f"{flag} {path}: file not found; check the path")
-    weights = _numbers(args.weights, "--weights")
-    seeds = _numbers(args.seeds, "--seeds", int)
+    weights = parse_numbers(args.weights, "--weights")
+    seeds = parse_numbers(args.seeds, "--seeds", int)
     if args.prompts is not None and args.lora2:
         raise UserError("--prompts and --lora2 both make columns; pick one")
+    prompts = None
     if args.prompts is not None:
         try:
             prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"--prompts {args.prompts}: cannot read it ({type(error).__name__}); give a text file "
                             "with one prompt per line") from None
-        columns = [Column(p[:24], p, seeds[0]) for p in [args.prompt, *prompts]]
-    elif args.lora2:
-        name = Path(args.lora2).stem
-        columns = [Column(f"{name} {w:g}", args.prompt, seeds[0], (LoraChoice(args.lora2, w),))
-                   for w in _numbers(args.weights2, "--weights2")]
-    else:
-        columns = [Column(f"seed {s}", args.prompt, s) for s in seeds]
+    weights2 = parse_numbers(args.weights2, "--weights2") if args.lora2 else None
+    columns = grid_columns(args.prompt, seeds, prompts=prompts, lora2=args.lora2, weights2=weights2)
     out = writable_file(args.out, "--out")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = GenerationEngine(device=device, dtype=generation_dtype(args.dtype, device))

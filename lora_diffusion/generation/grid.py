@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from ..errors import UserError
 from .engine import GenerationEngine, LoraChoice
 from .params import GenerationParams
 
@@ -22,6 +23,31 @@ class Column:
     prompt: str
     seed: int
     extra: tuple[LoraChoice, ...] = ()
+
+
+def parse_numbers(text: str, what: str, kind=float) -> list:
+    """Comma-separated numbers (``0,0.5,1``), or one error line naming ``what`` (a flag or a UI field)."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: write comma-separated numbers, e.g. {what} 0,0.5,1") from None
+    if not values:
+        raise UserError(f"{what} is empty; write comma-separated numbers, e.g. {what} 0,0.5,1")
+    return values
+
+
+def grid_columns(prompt: str, seeds: list[int], *, prompts: list[str] | None = None, lora2: str | None = None,
+                 weights2: list[float] | None = None) -> list[Column]:
+    """The columns: one per seed; or one per prompt (``prompt`` first) at the first seed; or one per
+    weight of a second LoRA at the first seed."""
+    if prompts is not None and lora2:
+        raise UserError("prompts and a second LoRA both make columns; pick one")
+    if prompts is not None:
+        return [Column(p[:24], p, seeds[0]) for p in [prompt, *prompts]]
+    if lora2:
+        name = Path(lora2).stem
+        return [Column(f"{name} {w:g}", prompt, seeds[0], (LoraChoice(lora2, w),)) for w in weights2 or []]
+    return [Column(f"seed {s}", prompt, s) for s in seeds]
 
 
 def weight_grid(engine: GenerationEngine, *, base: str, lora: LoraChoice, weights: list[float], columns: list[Column],

@@ -414,7 +414,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         where = save_checkpoint(checkpoint_dir, completed, trained, optimizer, lr_scheduler, settings,
                                 cfg.checkpoints_to_keep)
         partial = output.with_name(f"{output.stem}-partial-step{completed:06d}.safetensors")
-        _save(cfg, plan, pipe, partial, completed, data, started)
+        _save(cfg, plan, pipe, partial, completed, data, started, _curve(losses, start_step))
         raise Interrupted(f"interrupted after step {completed} of {cfg.steps}: wrote the partial LoRA {partial} "
                           f"and the checkpoint {where}; continue with --resume latest") from None
     finally:
@@ -423,7 +423,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        _save(cfg, plan, pipe, output, step + 1, data, started)
+        _save(cfg, plan, pipe, output, step + 1, data, started, _curve(losses, start_step))
         if cfg.sample_every:
             _validation_grid(cfg, pipe, data, log_dir / "samples" / "final.png", resolution)
         jsonl.close()
@@ -433,7 +433,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps, peak)
 
 
-def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float) -> None:
+def _curve(losses: list[float], start_step: int) -> list[tuple[int, float]]:
+    """(step, loss) of this process's steps, thinned to what an adapter's metadata keeps."""
+    from .curves import thin
+
+    return thin([(start_step + 1 + i, round(float(v), 6)) for i, v in enumerate(losses)])
+
+
+def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float,
+          curve: list[tuple[int, float]] = ()) -> None:
     components = pipeline_components(pipe)
     arch = components_architecture(components)
     if not cfg.train_text_encoder:
@@ -465,6 +473,8 @@ def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: Trai
     }
     if cfg.trigger_word:
         metadata["lora_diffusion.trigger_words"] = [cfg.trigger_word]
+    if curve:  # the Library shows it beside the LoRA, wherever the file goes
+        metadata["lora_diffusion.loss_curve"] = [list(point) for point in curve]
     save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata)
 
 

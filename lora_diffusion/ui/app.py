@@ -1,4 +1,5 @@
-"""The Gradio page: Generate (blend LoRAs with sliders), Train (from uploads), Library (files and facts).
+"""The Gradio page: Generate (blend LoRAs with sliders; PNG info; a weight-grid Compare), Train (from
+uploads, with a live loss curve), Library (preview cards, trigger words, files and facts).
 
 Everything the page does goes through the same engines as the CLI: ``GenerationEngine`` (pipelines
 and adapters stay loaded, so moving a slider reloads nothing), ``TrainingJob`` (one background run)
@@ -16,8 +17,9 @@ from pathlib import Path
 from ..errors import UserError
 from ..generation.schedulers import sampler_names
 from ..training.config import TrainConfig
+from ..training.curves import curve_rows
 from .jobs import TrainingJob
-from .library import LoraLibrary
+from .library import LoraLibrary, loss_curve, trigger_words
 
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
 MAX_UPLOAD_MB = 2048
@@ -108,6 +110,49 @@ class UiState:
         gallery = [(path, f"seed {params.seed}") for path, (_, params) in zip(paths, results)]
         return gallery, "\n\n".join(params.to_text() for _, params in results)
 
+    # ---- compare ----------------------------------------------------------------------------
+    def compare(self, base: str, prompt: str, negative: str, seed: float, steps: float, guidance: float, width: float,
+                height: float, scheduler: str, lora: str, weights: str, kind: str, values: str, lora2: str) -> tuple[str, str]:
+        """A1111's X/Y plot: rows = ``weights`` of ``lora``; columns = seeds, prompts (one per line) or the
+        weights of ``lora2``. Returns the grid PNG's path (saved in the outputs folder) and a summary."""
+        from ..generation.engine import LoraChoice
+        from ..generation.grid import grid_columns, parse_numbers, save_grid, weight_grid
+        from ..generation.prompt_tags import split_lora_tags
+
+        if not lora:
+            raise UserError("Compare: choose the LoRA whose weights make the rows")
+        if not (prompt or "").strip():
+            raise UserError("write a prompt first")
+        prompt, _ = split_lora_tags(prompt)
+        row_weights = parse_numbers(weights, "Compare weights")
+        first_seed = 0 if seed is None or int(seed) < 0 else int(seed)
+        if kind == "seeds":
+            columns = grid_columns(prompt, parse_numbers(values or str(first_seed), "Compare seeds", int))
+        elif kind == "prompts":
+            extra = [line.strip() for line in (values or "").splitlines() if line.strip()]
+            if not extra:
+                raise UserError("Compare by prompts: write one prompt per line (the main prompt is the first column)")
+            columns = grid_columns(prompt, [first_seed], prompts=extra)
+        else:
+            if not lora2:
+                raise UserError("Compare by a second LoRA: choose it, and its weights in the column box")
+            columns = grid_columns(prompt, [first_seed], lora2=str(self.library.path(lora2)),
+                                   weights2=parse_numbers(values, "Compare column weights"))
+        if len(row_weights) * len(columns) > 64:
+            raise UserError(f"Compare: {len(row_weights)} × {len(columns)} images is too many for one grid; "
+                            "use at most 64 cells")
+        with self.engine_lock:
+            grid, params = weight_grid(
+                self.engine, base=base or "builtin", lora=LoraChoice(str(self.library.path(lora)), 1.0),
+                weights=row_weights, columns=columns, negative_prompt=negative or "", steps=int(steps),
+                guidance=float(guidance), width=int(width) or None, height=int(height) or None, scheduler=scheduler)
+        from ..generation.engine import next_index
+
+        rows = [f"{lora} {w:g}" for w in row_weights]
+        path = save_grid(grid, self.out_dir / f"{next_index(self.out_dir):05d}-grid.png", params, rows,
+                         [c.label for c in columns])
+        return str(path), f"rows: {' | '.join(rows)}\ncolumns: {' | '.join(c.label for c in columns)}"
+
     # ---- train ------------------------------------------------------------------------------
     def start_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str, rank: float,
                        alpha: float, steps: float, lr: float, resolution: float, train_te: bool, base: str) -> str:
@@ -125,10 +170,11 @@ class UiState:
         self.job.start(name, cfg, uploads, folder or "")
         return self.train_status()[0]
 
-    def train_status(self) -> tuple[str, list[str]]:
+    def train_status(self) -> tuple[str, list[str], object]:
+        """Status line, validation images and the loss curve (raw and smoothed) of the current run."""
         s = self.job.snapshot()
         if s.status == "idle":
-            return "No training run yet.", []
+            return "No training run yet.", [], _curve_frame([])
         parts = [f"**{_md(s.name)}** — {s.status}", f"step {s.step} / {s.steps}"]
         if s.loss is not None:
             parts.append(f"loss {s.loss:.4f}")
@@ -137,9 +183,34 @@ class UiState:
         text = " · ".join(parts)
         if s.message:
             text += "\n\n" + _md(s.message)
-        return text, s.samples
+        return text, s.samples, _curve_frame(s.losses)
 
     # ---- library ----------------------------------------------------------------------------
+    def cards(self) -> list[tuple[str, str]]:
+        """(preview image, name) for every LoRA of the library; LoRAs without a preview get a blank card."""
+        cards = []
+        for name in self.library.names():
+            preview = self.library.preview(name)
+            cards.append((str(preview) if preview else str(self._blank_card()), name))
+        return cards
+
+    def _blank_card(self) -> Path:
+        path = self.job.work_dir / "no-preview.png"  # beside the training runs, not among the user's images
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+        return path
+
+    def details(self, name: str) -> tuple[str, list[list[str]], object]:
+        """What the Library shows for one LoRA: facts, trigger words (as clickable samples), loss curve."""
+        if not name:
+            return "", [], _curve_frame([])
+        entry = self.library.entry(name)
+        info = entry.info or {}
+        return self.describe(name), [[w] for w in trigger_words(info)], _curve_frame(loss_curve(info))
+
     def describe(self, name: str) -> str:
         if not name:
             return ""
@@ -207,6 +278,28 @@ def _merge(state: "UiState", spec: str, new_name: str) -> str:
         raise UserError(f"a LoRA named {target.stem!r} already exists; choose another name")
     write_adapter(merge_adapters_exact(inputs), target)
     return target.stem
+
+
+def _curve_frame(points: list[tuple[int, float]]):
+    """A line plot's data: columns step, loss, series (raw / smoothed); None for no points."""
+    import pandas as pd
+
+    if not points:
+        # None, not an empty frame: a plot whose value was ever an empty frame keeps its untyped fields
+        # and draws later curves as a colour gradient with no lines (Gradio 6)
+        return None
+    rows = curve_rows(points)
+    return pd.DataFrame({"step": pd.Series(rows["step"], dtype="int64"), "loss": pd.Series(rows["loss"], dtype="float64"),
+                         "series": pd.Series(rows["series"], dtype="string")})
+
+
+def _add_to_prompt(prompt: str, word) -> str:
+    """``word`` appended to the prompt (comma-separated), unless it is already there."""
+    word = (word[0] if isinstance(word, (list, tuple)) else str(word or "")).strip()
+    prompt = (prompt or "").strip()
+    if not word or word in [p.strip() for p in prompt.split(",")]:
+        return prompt
+    return f"{prompt}, {word}" if prompt else word
 
 
 def _plain(text: str, limit: int = 2000) -> str:
@@ -279,15 +372,36 @@ def build_app(state: UiState):
                         width = gr.Slider(0, 2048, value=0, step=8, label="Width (0: the base's native size)")
                         height = gr.Slider(0, 2048, value=0, step=8, label="Height (0: the base's native size)")
                         scheduler = gr.Dropdown(sampler_names(), value="DPM++ 2M", label="Sampler")
-                        count = gr.Slider(1, 8, value=2, step=1, label="Images")
+                        count = gr.Slider(1, 8, value=2, step=1, label="Images", elem_id="count")
                     generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     with gr.Accordion("PNG info: reuse an image's parameters", open=False):
                         png = gr.File(label="PNG (lora-diffusion or A1111)", file_types=[".png"], elem_id="png-info")
                         png_status = gr.Markdown(elem_id="png-status")
+                    with gr.Accordion("Compare: a weight grid (A1111's X/Y plot)", open=False, elem_id="compare"):
+                        gr.Markdown("Rows: weights of one LoRA. Columns: seeds, prompts (one per line; the prompt "
+                                    "above is the first) or a second LoRA's weights. Each column keeps its seed, "
+                                    "so only the weight changes down a column.", elem_classes="ld-help")
+                        with gr.Row():
+                            compare_lora = gr.Dropdown(lora_names, value=None, label="LoRA (rows)",
+                                                       elem_id="compare-lora")
+                            compare_weights = gr.Textbox(value="0,0.25,0.5,0.75,1", label="Row weights",
+                                                         elem_id="compare-weights")
+                        with gr.Row():
+                            compare_kind = gr.Radio(["seeds", "prompts", "second LoRA"], value="seeds",
+                                                    label="Columns", elem_id="compare-kind")
+                            compare_lora2 = gr.Dropdown(lora_names, value=None, label="Second LoRA",
+                                                        elem_id="compare-lora2")
+                        compare_values = gr.Textbox(value="1,2,3", lines=2, label="Column values: seeds, prompts "
+                                                    "(one per line) or the second LoRA's weights",
+                                                    elem_id="compare-values")
+                        compare_go = gr.Button("Make the grid", elem_id="compare-button")
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="Images", columns=2, height=520, elem_id="gallery", format="png")
                     params = gr.Textbox(label="Parameters (also stored in each PNG)", lines=5, interactive=False,
                                         elem_id="params")
+                    grid_image = gr.Image(label="Compare grid (saved in the outputs folder)", type="filepath",
+                                          format="png", elem_id="compare-grid", interactive=False)
+                    grid_axes = gr.Textbox(label="Grid axes", lines=2, interactive=False, elem_id="compare-axes")
             dice.click(lambda: random.randrange(2**31), outputs=seed, concurrency_limit=None)
             png.upload(_user_errors(state.png_fields), inputs=png,
                        outputs=[prompt, negative, seed, steps, guidance, width, height, scheduler, png_status])
@@ -295,6 +409,10 @@ def build_app(state: UiState):
                            inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler, count, *slots],
                            outputs=[gallery, params], concurrency_id="engine", concurrency_limit=1,
                            api_name="generate")
+            compare_go.click(_user_errors(state.compare),
+                             inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler,
+                                     compare_lora, compare_weights, compare_kind, compare_values, compare_lora2],
+                             outputs=[grid_image, grid_axes], concurrency_id="engine", concurrency_limit=1)
 
         with gr.Tab("Train", id="train"):
             gr.Markdown("Upload images (or a .zip), or give a folder. Captions come from same-name .txt files; "
@@ -322,6 +440,9 @@ def build_app(state: UiState):
                         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
                     status = gr.Markdown("No training run yet.", elem_id="train-status")
                     # a validation image is a strip of one image per prompt: shown whole, one per row
+                    loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", height=260,
+                                            label="Loss (raw and smoothed)", elem_id="train-loss-plot",
+                                            color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
                     samples = gr.Gallery(label="Validation images", columns=1, height=240, object_fit="contain",
                                          elem_id="validation-gallery")
             start.click(_user_errors(state.start_training),
@@ -329,7 +450,13 @@ def build_app(state: UiState):
                                 train_te, base], outputs=status, concurrency_limit=None)
             stop.click(lambda: state.job.stop() or state.train_status()[0], outputs=status, concurrency_limit=None)
             timer = gr.Timer(1.0)
-            timer.tick(state.train_status, outputs=[status, samples], concurrency_limit=None, show_progress="hidden")
+            def live_status():
+                text, images, frame = state.train_status()
+                steps = 0 if frame is None else len(frame) // 2
+                label = f"Loss (raw and smoothed): {steps} step{'s' if steps != 1 else ''}"
+                return text, images, gr.update(value=frame, label=label)
+
+            timer.tick(live_status, outputs=[status, samples, loss_plot], concurrency_limit=None, show_progress="hidden")
 
         with gr.Tab("Library", id="library"):
             with gr.Row():
@@ -349,16 +476,33 @@ def build_app(state: UiState):
                     merge = gr.Button("Merge")
                     library_msg = gr.Markdown("", elem_id="library-message")
                 with gr.Column(scale=2):
+                    cards = gr.Gallery(state.cards(), label="LoRAs (click a card)", columns=6, height=220,
+                                       object_fit="contain", allow_preview=False, elem_id="library-cards")
+                    words = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
+                                       label="Trigger words (click one to add it to the prompt)",
+                                       elem_id="library-trigger-words")
+                    curve = gr.LinePlot(None, x="step", y="loss", color="series", height=200,
+                                        label="Training loss of this LoRA", elem_id="library-loss-plot",
+                                        color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
                     info = gr.Textbox(label="What the file holds", lines=22, interactive=False, elem_id="library-info")
 
         def lists(selected=None):
             names = state.library.names()
             value = selected if selected in names else None
-            return [gr.update(choices=names, value=value)] + [gr.update(choices=names) for _ in range(LORA_SLOTS)]
+            return ([gr.update(choices=names, value=value)] + [gr.update(choices=names) for _ in name_dropdowns]
+                    + [gr.update(value=state.cards())])
 
-        name_dropdowns = [slots[3 * i + 1] for i in range(LORA_SLOTS)]
-        chosen.change(_user_errors(state.describe), inputs=chosen, outputs=info, concurrency_limit=None)
-        refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns], concurrency_limit=None)
+        # every list of LoRA names on the page, refreshed together (and the library's cards after them)
+        name_dropdowns = [slots[3 * i + 1] for i in range(LORA_SLOTS)] + [compare_lora, compare_lora2]
+        def on_chosen(name):
+            text, samples, frame = state.details(name)
+            return text, gr.update(samples=samples), frame
+
+        chosen.change(_user_errors(on_chosen), inputs=chosen, outputs=[info, words, curve], concurrency_limit=None)
+        cards.select(lambda event: event.value["caption"] if isinstance(event.value, dict) else None,
+                     outputs=chosen, concurrency_limit=None)
+        words.click(_add_to_prompt, inputs=[prompt, words], outputs=prompt, concurrency_limit=None)
+        refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns, cards], concurrency_limit=None)
 
         def on_upload(file):
             if file is None:
@@ -388,7 +532,7 @@ def build_app(state: UiState):
             made = _merge(state, spec, new_name)
             return [f"merged into **{_md(made)}**", *lists(made)]
 
-        library_outputs = [library_msg, chosen, *name_dropdowns]
+        library_outputs = [library_msg, chosen, *name_dropdowns, cards]
         to_diffusers.click(_user_errors(lambda n: on_convert(n, "diffusers")), inputs=chosen, outputs=library_outputs,
                            concurrency_limit=None)
         to_kohya.click(_user_errors(lambda n: on_convert(n, "kohya")), inputs=chosen, outputs=library_outputs,
@@ -398,7 +542,7 @@ def build_app(state: UiState):
         rename.click(_user_errors(on_rename), inputs=[chosen, rename_to], outputs=library_outputs, concurrency_limit=None)
         delete.click(_user_errors(on_delete), inputs=chosen, outputs=library_outputs, concurrency_limit=None)
         # a finished training run shows up in every list without a manual refresh
-        demo.load(lambda: lists(), outputs=[chosen, *name_dropdowns])
+        demo.load(lambda: lists(), outputs=[chosen, *name_dropdowns, cards])
         finished = gr.State("")
 
         def refresh_when_done(last):
@@ -406,9 +550,9 @@ def build_app(state: UiState):
             key = f"{s.name}:{s.status}" if s.status in ("done", "stopped") else last
             if key != last:
                 return [key, *lists()]
-            return [last] + [gr.update() for _ in range(LORA_SLOTS + 1)]
+            return [last] + [gr.update() for _ in range(len(name_dropdowns) + 2)]
 
-        timer.tick(refresh_when_done, inputs=finished, outputs=[finished, chosen, *name_dropdowns],
+        timer.tick(refresh_when_done, inputs=finished, outputs=[finished, chosen, *name_dropdowns, cards],
                    concurrency_limit=None, show_progress="hidden")
     return demo
 

@@ -87,6 +87,7 @@ class JobState:
     eta_s: float | None = None
     message: str = ""
     samples: list[str] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finished step
 
 
 class TrainingJob:
@@ -108,6 +109,7 @@ class TrainingJob:
         with self._lock:
             state = JobState(**vars(self._state))
             state.samples = list(self._state.samples)
+            state.losses = list(self._state.losses)
         logs = self.work_dir / state.name / f"{state.name}-logs" / "samples"
         if state.name and logs.is_dir():
             state.samples = [str(p) for p in sorted(logs.glob("*.png"))]
@@ -148,6 +150,7 @@ class TrainingJob:
         with self._lock:
             self._state.step = record["step"]
             self._state.loss = record["loss"]
+            self._state.losses.append((int(record["step"]), float(record["loss"])))
             per_step = record["elapsed"] / max(record["step"], 1)
             self._state.eta_s = per_step * (record["steps"] - record["step"])
             if self._state.status == "running":
@@ -159,6 +162,10 @@ class TrainingJob:
         try:
             result = train(cfg, progress=False, on_step=self._on_step, should_stop=self._stop.is_set)
             os.replace(result.output, final)
+            samples = sorted((Path(cfg.output).parent / f"{final.stem}-logs" / "samples").glob("*.png"),
+                             key=lambda p: (p.name == "final.png", p.name))
+            if samples:  # the last validation image becomes the LoRA's preview card
+                self.library.set_preview(final.stem, samples[-1])
             stopped = self._stop.is_set()
             with self._lock:
                 self._state.status = "stopped" if stopped else "done"

@@ -17,6 +17,8 @@ from ..adapters.file import read_adapter
 from ..errors import UserError
 
 MAX_LORA_BYTES = 2 * 1024**3  # the largest LoRA the library accepts (SDXL rank-128 is ~1 GB)
+# preview images beside a LoRA, as A1111 names them (the first found is shown)
+PREVIEW_SUFFIXES = (".preview.png", ".png")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _\-.()+]{0,119}$")
 
 
@@ -96,7 +98,64 @@ class LoraLibrary:
         if target.exists():
             raise UserError(f"a LoRA named {target.stem!r} already exists; choose another name")
         os.replace(source, target)
+        for suffix in PREVIEW_SUFFIXES:  # the preview travels with its LoRA
+            side = source.with_name(source.stem + suffix)
+            if side.is_file():
+                os.replace(side, target.with_name(target.stem + suffix))
         return target.stem
 
     def delete(self, name: str) -> None:
-        self.path(name).unlink()
+        path = self.path(name)
+        path.unlink()
+        for suffix in PREVIEW_SUFFIXES:
+            path.with_name(path.stem + suffix).unlink(missing_ok=True)
+
+    def preview(self, name: str) -> Path | None:
+        """The LoRA's preview image (``NAME.preview.png`` or ``NAME.png``), if there is one."""
+        path = self.path(name)
+        for suffix in PREVIEW_SUFFIXES:
+            side = path.with_name(path.stem + suffix)
+            if side.is_file():
+                return side
+        return None
+
+    def set_preview(self, name: str, image: str | os.PathLike) -> Path:
+        """Copy ``image`` in as the LoRA's ``NAME.preview.png``."""
+        target = self.path(name).with_name(f"{self.path(name).stem}.preview.png")
+        shutil.copyfile(image, target)
+        return target
+
+
+def trigger_words(info: dict, limit: int = 8) -> list[str]:
+    """The words a LoRA wants in the prompt: ours (``lora_diffusion.trigger_words``), else kohya's most
+    frequent training tags (``ss_tag_frequency``), most frequent first."""
+    import json
+
+    meta = info.get("metadata", {})
+    try:
+        ours = json.loads(meta.get("lora_diffusion.trigger_words") or "[]")
+    except json.JSONDecodeError:
+        ours = []
+    words = [str(w) for w in ours if str(w).strip()] if isinstance(ours, list) else []
+    if not words:
+        try:
+            frequency = json.loads(meta.get("ss_tag_frequency") or "{}")
+        except json.JSONDecodeError:
+            frequency = {}
+        counts: dict[str, int] = {}
+        for tags in frequency.values() if isinstance(frequency, dict) else []:
+            for tag, count in (tags.items() if isinstance(tags, dict) else []):
+                counts[str(tag).strip()] = counts.get(str(tag).strip(), 0) + int(count)
+        words = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if t]
+    return words[:limit]
+
+
+def loss_curve(info: dict) -> list[tuple[int, float]]:
+    """The training-loss curve kept in the adapter's metadata (``lora_diffusion.loss_curve``)."""
+    import json
+
+    try:
+        points = json.loads(info.get("metadata", {}).get("lora_diffusion.loss_curve") or "[]")
+        return [(int(s), float(v)) for s, v in points]
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return []
