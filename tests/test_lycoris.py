@@ -328,3 +328,23 @@ def test_fresh_dora_and_lycoris_adapters_start_at_the_base():
                 assert layer.delta_weight(name).abs().max() <= 1e-6
         assert torch.allclose(layer(x), expected, atol=1e-5)
         assert sum(p.numel() for p in layer.lora_dense.parameters()) > 0 and len(layer.lora_magnitude) == 3
+
+
+def test_bake_merges_a_loha_into_the_base_at_its_weight(tiny_base, tmp_path, capsys):
+    from diffusers import UNet2DConditionModel
+
+    from lora_diffusion.models.loading import load_pipeline
+
+    pipe = load_pipeline(tiny_base)
+    net = _lycoris_network(pipe, *CASES["loha-tucker-conv"])
+    path = tmp_path / "loha.safetensors"
+    net.save_weights(str(path), torch.float32, {})
+    references = {m.lora_name: m for m in net.unet_loras}
+    assert main(["bake", "--base", tiny_base, "--lora", f"{path}:0.6", "--out", str(tmp_path / "baked")]) == 0
+    baked = UNet2DConditionModel.from_pretrained(str(tmp_path / "baked" / "unet"))
+    base = load_pipeline(tiny_base).unet
+    for module_path in ("conv_in", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"):
+        w0 = base.get_submodule(module_path).weight.detach().float()
+        expected = w0 + 0.6 * _reference_delta(references[kohya_name("unet", module_path)], w0)
+        torch.testing.assert_close(baked.get_submodule(module_path).weight.detach().float(), expected,
+                                   rtol=1e-5, atol=1e-6)
