@@ -87,6 +87,12 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
     assert (page.root / "loras" / "browser-trained.safetensors").is_file()
     page.screenshot(path=str(ARTIFACTS / "ui-train.png"), full_page=True)
     page.get_by_role("tab", name="Library").click()
+    # the new LoRA's card (its last validation image) selects it
+    page.locator("#library-cards").get_by_text("browser-trained").first.wait_for(timeout=30_000)
+    page.locator("#library-cards button, #library-cards .thumbnail-item").filter(has_text="browser-trained").first.click()
+    page.wait_for_function("() => document.querySelector('#library-info textarea').value.includes('browser-trained')",
+                           timeout=30_000)
+    page.locator("#library-loss-plot canvas, #library-loss-plot svg").first.wait_for(timeout=30_000)
     _choose(page, "library-choice", "browser-trained")
     info = page.locator("#library-info textarea")
     page.wait_for_function("() => document.querySelector('#library-info textarea').value.includes('rank:')")
@@ -190,3 +196,17 @@ def test_compare_makes_a_two_by_three_grid_with_the_right_labels(page):
     assert grid.text["grid"] == axes
     page.screenshot(path=str(ARTIFACTS / "ui-compare.png"), full_page=True)
     grid.save(ARTIFACTS / "compare-grid.png")
+
+
+def test_a_library_trigger_word_clicks_into_the_prompt(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("a blue square")
+    page.get_by_role("tab", name="Library").click()
+    _choose(page, "library-choice", "bold")
+    words = page.locator("#library-trigger-words")
+    words.get_by_text("<b>not html</b>").first.wait_for(timeout=30_000)  # shown as text, never as markup
+    words.get_by_text("<b>not html</b>").first.click()
+    page.get_by_role("tab", name="Generate").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a blue square, <b>not html</b>'",
+                           timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "ui-trigger-word.png"), full_page=True)

@@ -293,6 +293,15 @@ def _curve_frame(points: list[tuple[int, float]]):
                          "series": pd.Series(rows["series"], dtype="string")})
 
 
+def _card_name(event) -> str | None:
+    """The LoRA name of a clicked Library card (its caption). Gradio passes the click's data to a
+    parameter annotated ``gr.SelectData``; ``build_app`` sets that annotation (gradio is imported late)."""
+    value = event.value
+    if isinstance(value, dict):
+        return value.get("caption") or None
+    return None
+
+
 def _add_to_prompt(prompt: str, word) -> str:
     """``word`` appended to the prompt (comma-separated), unless it is already there."""
     word = (word[0] if isinstance(word, (list, tuple)) else str(word or "")).strip()
@@ -499,8 +508,8 @@ def build_app(state: UiState):
             return text, gr.update(samples=samples), frame
 
         chosen.change(_user_errors(on_chosen), inputs=chosen, outputs=[info, words, curve], concurrency_limit=None)
-        cards.select(lambda event: event.value["caption"] if isinstance(event.value, dict) else None,
-                     outputs=chosen, concurrency_limit=None)
+        _card_name.__annotations__["event"] = gr.SelectData
+        cards.select(_card_name, outputs=chosen, concurrency_limit=None)
         words.click(_add_to_prompt, inputs=[prompt, words], outputs=prompt, concurrency_limit=None)
         refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns, cards], concurrency_limit=None)
 
