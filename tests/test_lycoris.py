@@ -348,3 +348,19 @@ def test_bake_merges_a_loha_into_the_base_at_its_weight(tiny_base, tmp_path, cap
         expected = w0 + 0.6 * _reference_delta(references[kohya_name("unet", module_path)], w0)
         torch.testing.assert_close(baked.get_submodule(module_path).weight.detach().float(), expected,
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_loha_backward_keeps_only_the_factors_and_matches_autograd():
+    from lora_diffusion.lora import deltas
+
+    g = torch.Generator().manual_seed(0)
+    factors = [torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in ((6, 3), (3, 5), (6, 3), (3, 5))]
+    assert torch.autograd.gradcheck(lambda *f: deltas.loha_delta(*f, scale=0.7), factors)
+    out = deltas.loha_delta(*factors, scale=0.7)
+    assert type(out.grad_fn).__name__ == "_HadamardProductBackward"
+    plain = [f.detach().clone().requires_grad_(True) for f in factors]
+    ((plain[0] @ plain[1]) * (plain[2] @ plain[3]) * 0.7).sum().backward()
+    out.sum().backward()
+    for ours, reference in zip(factors, plain):
+        torch.testing.assert_close(ours.grad, reference.grad)

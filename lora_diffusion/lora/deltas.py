@@ -42,7 +42,29 @@ def loha_delta(
     """s · (w1_a @ w1_b) ⊙ (w2_a @ w2_b); with Tucker cores w*_a are (r, out) and w*_b (r, in)."""
     if t1 is not None:
         return tucker(t1, w1_a, w1_b) * tucker(t2, w2_a, w2_b) * scale
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (w1_a, w1_b, w2_a, w2_b)):
+        return _HadamardProduct.apply(w1_a, w1_b, w2_a, w2_b, scale)
     return (w1_a @ w1_b) * (w2_a @ w2_b) * scale
+
+
+class _HadamardProduct(torch.autograd.Function):
+    """LoHa's ΔW keeping only the four thin factors for the backward pass (it recomputes the two
+    full-size products there), not the two full-size products autograd would keep: on SDXL that is
+    two fp32 matrices per adapted layer, gigabytes at 1024 px."""
+
+    @staticmethod
+    def forward(ctx, w1_a, w1_b, w2_a, w2_b, scale):
+        ctx.save_for_backward(w1_a, w1_b, w2_a, w2_b)
+        ctx.scale = scale
+        return (w1_a @ w1_b) * (w2_a @ w2_b) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        w1_a, w1_b, w2_a, w2_b = ctx.saved_tensors
+        grad = grad * ctx.scale
+        via_1 = grad * (w2_a @ w2_b)  # ∂L/∂(w1_a @ w1_b)
+        via_2 = grad * (w1_a @ w1_b)
+        return via_1 @ w1_b.t(), w1_a.t() @ via_1, via_2 @ w2_b.t(), w2_a.t() @ via_2, None
 
 
 def lokr_delta(
