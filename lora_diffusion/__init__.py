@@ -12,8 +12,11 @@ import logging  # noqa: E402
 # diffusers and peft import torchao when it is installed; on a torch build without its optional
 # kernels (any CPU build) it logs one warning per kernel library it cannot load, and its enum
 # registrations log torch deprecation notices; diffusers warns when a newer torchao moved the tensor
-# types it allow-lists for torchao-serialized checkpoints (which we never load): noise on every command
-for _noisy in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+# types it allow-lists for torchao-serialized checkpoints (which we never load); transformers 5 warns that
+# the safety checker's image processor falls back to PIL without torchvision (we never run it): noise on
+# every command, nothing a user can act on
+for _noisy in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer",
+               "transformers.utils.import_utils"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 from .adapters.apply import (  # noqa: E402
