@@ -364,3 +364,27 @@ def test_loha_backward_keeps_only_the_factors_and_matches_autograd():
     out.sum().backward()
     for ours, reference in zip(factors, plain):
         torch.testing.assert_close(ours.grad, reference.grad)
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 5), "out"), ((6, 5), "in"), ((4, 3, 3, 3), "out")])
+def test_dora_training_path_matches_autograd_through_the_plain_formula(shape, axis):
+    """The memory-lean DoRA change (recomputes W0 + s·BA in its backward) = autograd through dora_weight."""
+    from lora_diffusion.lora import deltas
+
+    g = torch.Generator().manual_seed(1)
+    w0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    up = torch.randn(shape[0], 2, *([1, 1] if len(shape) == 4 else []), generator=g, dtype=torch.float64)
+    down = torch.randn(2, *shape[1:], generator=g, dtype=torch.float64)
+    norm = deltas.column_norm(w0, axis)
+    magnitude = (norm * 1.3).reshape(-1).clone()
+    leaves = [t.clone().requires_grad_(True) for t in (up, down, magnitude)]
+    lean = deltas.dora_lora_change(w0, *leaves[:2], 0.5, leaves[2], axis)
+    plain_leaves = [t.clone().requires_grad_(True) for t in (up, down, magnitude)]
+    delta = deltas.lora_delta(plain_leaves[1], plain_leaves[0], None, 0.5)
+    plain = deltas.dora_weight(w0, delta, plain_leaves[2], axis, detach_norm=True) - w0
+    torch.testing.assert_close(lean.double(), plain)
+    weights = torch.randn(shape, generator=g, dtype=torch.float64)
+    (lean * weights).sum().backward()
+    (plain * weights).sum().backward()
+    for ours, reference in zip(leaves, plain_leaves):
+        torch.testing.assert_close(ours.grad, reference.grad)

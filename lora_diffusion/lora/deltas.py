@@ -120,4 +120,46 @@ def dora_weight(w0: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, 
     return combined * (magnitude.reshape(shape) / norm)
 
 
-__all__ = ["tucker", "lora_delta", "loha_delta", "lokr_delta", "dora_axis", "column_norm", "dora_weight"]
+def dora_lora_change(w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor, scale: float, magnitude: torch.Tensor,
+                     axis: str) -> torch.Tensor:
+    """m·(W0 + s·up@down)/‖W0 + s·up@down‖ − W0 in fp32 (or fp64), shaped like W0, for training: the norm is a
+    constant for the gradient (as ``dora_weight(detach_norm=True)``), and the backward pass keeps only W0
+    (the frozen weight itself, not an fp32 copy), the thin factors and the norms — not a full-size fp32
+    matrix per layer, several GB on SDXL."""
+    return _DoraLoraChange.apply(w0, up, down, magnitude, float(scale), axis)
+
+
+class _DoraLoraChange(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w0, up, down, magnitude, scale, axis):
+        ctx.compute = torch.promote_types(w0.dtype, torch.float32)  # fp32 at least (fp64 stays fp64)
+        f = lambda t: t.to(ctx.compute)  # noqa: E731
+        combined = f(w0) + (f(up).flatten(1) @ f(down).flatten(1)).reshape(w0.shape) * scale
+        norm = column_norm(combined, axis) + _NORM_EPS
+        factor = f(magnitude).reshape(norm.shape) / norm
+        ctx.save_for_backward(w0, up, down, magnitude, norm)
+        ctx.scale, ctx.axis = scale, axis
+        return combined * factor - f(w0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w0, up, down, magnitude, norm = ctx.saved_tensors
+        f = lambda t: t.to(ctx.compute)  # noqa: E731
+        up2, down2 = f(up).flatten(1), f(down).flatten(1)
+        combined = f(w0) + (up2 @ down2).reshape(w0.shape) * ctx.scale
+        factor = f(magnitude).reshape(norm.shape) / norm
+        grad_combined = (grad * factor).reshape(w0.shape[0], -1)
+        # ∂/∂m of m·C/‖C‖ with ‖C‖ constant: Σ over the normalised axis of grad·C/‖C‖
+        per_entry = grad * combined / norm
+        if ctx.axis == "out":
+            grad_m = per_entry.reshape(w0.shape[0], -1).sum(dim=1)
+        else:
+            grad_m = per_entry.transpose(0, 1).reshape(w0.shape[1], -1).sum(dim=1)
+        grad_up = (grad_combined @ down2.t()) * ctx.scale
+        grad_down = (up2.t() @ grad_combined) * ctx.scale
+        return (None, grad_up.reshape(up.shape).to(up.dtype), grad_down.reshape(down.shape).to(down.dtype),
+                grad_m.reshape(magnitude.shape).to(magnitude.dtype), None, None)
+
+
+__all__ = ["tucker", "lora_delta", "loha_delta", "lokr_delta", "dora_axis", "column_norm", "dora_weight",
+           "dora_lora_change"]

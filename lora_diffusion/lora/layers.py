@@ -221,9 +221,14 @@ class LoraLayer(nn.Module):
         For DoRA that is m·(W0 + ΔW)/‖W0 + ΔW‖ − W0 against the pristine W0; while training the
         norm is a constant for the gradient, as in the DoRA paper and PEFT.
         """
-        raw = self.raw_delta(name)
         if name not in self.lora_magnitude:
-            return raw
+            return self.raw_delta(name)
+        magnitude = self.lora_magnitude[name]
+        if self.training and name in self.lora_A and torch.is_grad_enabled() and magnitude.requires_grad:
+            # training DoRA on a plain LoRA: a backward that keeps no full-size fp32 matrix
+            return deltas.dora_lora_change(self._w0().detach(), self.lora_B[name].weight, self.lora_A[name].weight,
+                                           self.scaling(name), magnitude, self.dora_axis[name])
+        raw = self.raw_delta(name)
         w0 = self._w0().detach().float().to(raw.device)
         magnitude = self.lora_magnitude[name].float().to(raw.device)
         return deltas.dora_weight(w0, raw, magnitude, self.dora_axis[name], detach_norm=self.training) - w0
