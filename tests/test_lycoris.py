@@ -268,17 +268,7 @@ def test_merge_resize_inspect_and_convert_say_what_they_accept(tmp_path, capsys)
         torch.testing.assert_close(back.modules[key].delta(), module.delta())
 
 
-@pytest.fixture(scope="module")
-def squares(tmp_path_factory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("squares")
-    for i, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]):
-        image = Image.new("RGB", (32, 32), (230, 210, 170))
-        image.paste(color, (8, 8, 24, 24))
-        image.save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a square number {i}")
-    return str(folder)
+from test_train import style_folder as squares  # noqa: E402,F401 - the same four captioned squares
 
 
 @pytest.mark.parametrize("network, dora", [("loha", False), ("lokr", False), ("lora", True)])
