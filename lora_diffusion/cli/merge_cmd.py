@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         inputs.append((adapter, choice.weight))
     if args.rank is None:
         merged = merge_adapters_exact(inputs)
-        note = f"exact, rank {merged.rank}"
+        note = f"exact, rank {merged.rank}" if merged.rank else "exact"
         full = sum(1 for m in merged.modules.values() if m.kind == "full")
         if full:
             note += (f"; {full} modules with LoHa/LoKr/Tucker inputs kept exactly as full weight differences "
