@@ -93,26 +93,24 @@ def refuse_dora(adapter: AdapterFile, command: str, source: str) -> None:
             )
 
 
-def _dense_shape(modules: list[ModuleDelta]) -> tuple[int, ...] | None:
+def _dense_shape(modules: list[ModuleDelta], deltas: list[torch.Tensor]) -> tuple[int, ...] | None:
     """The conv-kernel shape (out, in, kh, kw) if any input knows it, else None (ΔW stays 2-D)."""
-    for m in modules:
+    for m, delta in zip(modules, deltas):
         if isinstance(m, ModuleLora) and m.down is not None and m.down.dim() == 4:
             return (m.up.shape[0], *m.down.shape[1:])
-        delta = m.delta() if m.has_weight else None
-        if delta is not None and delta.dim() == 4:
+        if delta.dim() == 4:
             return tuple(delta.shape)
     return None
 
 
 def _merge_dense(name: str, present: list[tuple[ModuleDelta, float]]) -> ModuleLycoris:
     """Σ wᵢ·ΔWᵢ as a LyCORIS full diff: exact for any mix of types."""
-    total = None
-    for module, weight in present:
-        delta = module.checked_delta(name, "merge").reshape(module.delta().shape[0], -1) * weight
-        if total is not None and total.shape != delta.shape:
-            raise UserError(f"module {name} has different shapes in the inputs; these LoRAs are for different base models")
-        total = delta if total is None else total + delta
-    shape = _dense_shape([m for m, _ in present])
+    deltas = [module.checked_delta(name, "merge") for module, _ in present]
+    flat = [delta.reshape(delta.shape[0], -1) * weight for delta, (_, weight) in zip(deltas, present)]
+    if len({f.shape for f in flat}) > 1:
+        raise UserError(f"module {name} has different shapes in the inputs; these LoRAs are for different base models")
+    total = sum(flat[1:], flat[0])
+    shape = _dense_shape([m for m, _ in present], deltas)
     return ModuleLycoris(network_kind="full", factors={"diff": total.reshape(shape) if shape else total})
 
 
@@ -202,7 +200,7 @@ def _resize_modules(adapter: AdapterFile, choose) -> tuple[AdapterFile, Report]:
             u, s, vh = _svd_of_product(*_factors(module, 1.0))
         else:
             delta = module.checked_delta(name, "resize")
-            shape = _dense_shape([module]) or tuple(delta.shape)
+            shape = _dense_shape([module], [delta]) or tuple(delta.shape)
             u, s, vh = torch.linalg.svd(delta.reshape(delta.shape[0], -1).double(), full_matrices=False)
             module = ModuleLora(down=torch.empty(1, *shape[1:]), up=torch.empty(shape[0], 1), diff_b=module.diff_b)
         keep = max(1, choose(s))

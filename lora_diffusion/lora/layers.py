@@ -113,7 +113,7 @@ class LoraLayer(nn.Module):
         device = base_w.device
         network = getattr(config, "network", "lora")
         if rank > 0 and network != "lora":
-            alpha = config.effective_alpha if rank == config.rank else float(rank)
+            alpha = config.effective_alpha
             if network == "loha":
                 self.lora_dense[name] = LohaNetwork.fresh(tuple(base_w.shape), rank, alpha, dtype, device)
             else:
@@ -258,7 +258,7 @@ class LoraLayer(nn.Module):
         weight = self.base_layer.weight
         if type(weight.data) is not torch.Tensor:
             raise UserError("a LoRA cannot be merged into a quantized base weight (stored in 8 or 4 bits); "
-                                     "load the base at full precision (--base-precision auto) to merge or bake")
+                            "load the base at full precision (--base-precision auto) to merge or bake")
         bias = getattr(self.base_layer, "bias", None)
         if self._pristine is None:
             self._pristine = (weight.detach().clone(), None if bias is None else bias.detach().clone())

@@ -7,6 +7,8 @@ import hashlib
 import torch
 from torch import nn
 
+from .base_precision import is_quantized
+
 ARCH_LABELS = {
     "sd1": "SD1.x",
     "sd2": "SD2.x",
@@ -76,7 +78,7 @@ def fingerprint(named_weights: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         if tensor.device.type != "meta":
-            if type(tensor.data) is not torch.Tensor:  # a quantized base (--base-precision int8/fp8/nf4)
+            if is_quantized(tensor):  # a quantized base (--base-precision int8/fp8/nf4)
                 tensor = tensor.get_original_weight() if hasattr(tensor, "get_original_weight") else tensor.dequantize()
             head = tensor.detach().flatten()[:64].float().cpu().numpy()
             digest.update(head.tobytes())
