@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..generation.schedulers import sampler_names
 from ..training.config import TrainConfig
-from ..training.curves import curve_rows
+from ..training.curves import curve_rows, thin
 from .jobs import TrainingJob
 from .library import LoraLibrary, loss_curve, trigger_words
 
@@ -183,7 +183,8 @@ class UiState:
         text = " · ".join(parts)
         if s.message:
             text += "\n\n" + _md(s.message)
-        return text, s.samples, _curve_frame(s.losses)
+        # thinned: the page polls every second, and a long run's curve need not travel whole each time
+        return text, s.samples, _curve_frame(thin(s.losses))
 
     # ---- library ----------------------------------------------------------------------------
     def cards(self) -> list[tuple[str, str]]:
@@ -461,7 +462,7 @@ def build_app(state: UiState):
             timer = gr.Timer(1.0)
             def live_status():
                 text, images, frame = state.train_status()
-                steps = 0 if frame is None else len(frame) // 2
+                steps = len(state.job.snapshot().losses)
                 label = f"Loss (raw and smoothed): {steps} step{'s' if steps != 1 else ''}"
                 return text, images, gr.update(value=frame, label=label)
 
