@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -22,14 +23,16 @@ import time
 from pathlib import Path
 
 
-def run_job(base: Path, data: Path, out: Path, steps: int, batch: int, extra: list[str]) -> dict:
+def run_job(base: Path, data: Path, out: Path, steps: int, batch: int, extra: list[str], env: dict[str, str]) -> dict:
     output = out / f"job-{steps}x{batch}{'-'.join([''] + [e.strip('-') for e in extra])}.safetensors"
     log = output.with_name(f"{output.stem}-logs") / "train_log.jsonl"
     cmd = [sys.executable, "-m", "lora_diffusion", "train", "--base", str(base), "--data", str(data),
            "--output", str(output), "--steps", str(steps), "--batch-size", str(batch), "--rank", "4", "--alpha", "4",
-           "--quiet", *extra]
+           *extra]
     started = time.perf_counter()
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the log's lines without a progress bar: the plan, the start-up breakdown, the final report
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"TQDM_DISABLE": "1"} | env)
     first = None
     while process.poll() is None:
         if first is None and log.exists() and log.stat().st_size > 0:
@@ -42,9 +45,14 @@ def run_job(base: Path, data: Path, out: Path, steps: int, batch: int, extra: li
     times = [json.loads(line)["time"] for line in log.read_text().splitlines()]
     gaps = [b - a for a, b in zip(times[len(times) // 2:], times[len(times) // 2 + 1:])]
     peak = re.search(r"peak GPU memory ([\d.]+) GiB", text)
-    return {"job": f"{steps} steps, batch {batch}" + (" " + " ".join(extra) if extra else ""), "wall": wall,
-            "first": first, "steps_s": 1 / statistics.median(gaps), "img_s": batch / statistics.median(gaps),
-            "peak": float(peak.group(1)) if peak else float("nan")}
+    # the trainer's own clock, from the process's start (the log file's appearance lags by a poll)
+    reported = re.search(r"first step ([\d.]+) s after start\)", text)
+    breakdown = re.search(r"first step [\d.]+ s after start: (.*)", text)
+    label = " ".join([*extra, *(f"{k}={v}" for k, v in env.items())])
+    return {"job": f"{steps} steps, batch {batch}" + (" " + label if label else ""), "wall": wall,
+            "first": float(reported.group(1)) if reported else first, "steps_s": 1 / statistics.median(gaps),
+            "img_s": batch / statistics.median(gaps), "peak": float(peak.group(1)) if peak else float("nan"),
+            "breakdown": breakdown.group(1) if breakdown else ""}
 
 
 def main() -> None:
@@ -55,6 +63,8 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=["400x1", "1500x1", "400x4", "1500x4"])
     parser.add_argument("--uncached", type=int, nargs="*", default=[8])
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--variants", nargs="+", default=[""], metavar="K=V[,K=V]",
+                        help="environment variants, each job runs under each ('' = as is), e.g. LORA_DIFFUSION_STARTUP=plain")
     args = parser.parse_args()
     setup = time.time()
     base, data = prepare(args.work, args.images)
@@ -63,11 +73,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|", flush=True)
     runs = [(int(s), int(b), []) for s, b in (job.split("x") for job in args.jobs)]
     runs += [(200, b, ["--crop", "random", "--flip"]) for b in args.uncached]
+    variants = [dict(kv.split("=", 1) for kv in v.split(",") if kv) for v in args.variants]
+    breakdowns = []
     for n, (steps, batch, extra) in enumerate(runs):
-        # a folder per job: a repeated job must not find the last one's log (or append to it)
-        r = run_job(base, data, args.work / "jobs" / f"{time.time_ns()}-{n}", steps, batch, extra)
-        print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "
-              f"{r['peak']:.2f} |", flush=True)
+        for env in variants:
+            # a folder per job: a repeated job must not find the last one's log (or append to it)
+            r = run_job(base, data, args.work / "jobs" / f"{time.time_ns()}-{n}", steps, batch, extra, env)
+            print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "
+                  f"{r['peak']:.2f} |", flush=True)
+            breakdowns.append(f"{r['job']}: {r['breakdown']}")
+    print("\nstart-up, as each job's log reports it:\n" + "\n".join(breakdowns))
 
 
 if __name__ == "__main__":

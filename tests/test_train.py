@@ -150,6 +150,35 @@ def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(ti
               progress=False)
 
 
+def test_bucketed_batches_cache_every_shape_with_the_same_losses_as_uncached(tiny_base, tmp_path, monkeypatch):
+    from lora_diffusion.training import encoders
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i, size in enumerate([(48, 32), (32, 48), (32, 32), (48, 32), (32, 48), (32, 32)]):
+        Image.new("RGB", size, (40 * i, 120, 200 - 30 * i)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a shape number {i}")
+    seen = []
+    real = encoders.Encoders.latent_batch
+    monkeypatch.setattr(encoders.Encoders, "latent_batch",
+                        lambda self, keys, *a, **k: (seen.append(len(keys)), real(self, keys, *a, **k))[1])
+    # batch 2 over three buckets: the up-front encode pass batches each bucket's images on their own
+    cached = train(_cfg(tiny_base, str(folder), tmp_path / "a.safetensors", bucketing=True, offload_encoders="on",
+                        steps=6), progress=False)
+    encode_pass = seen[:3]
+    uncached = train(_cfg(tiny_base, str(folder), tmp_path / "b.safetensors", bucketing=True, cache="off", steps=6),
+                     progress=False)
+    assert encode_pass == [2, 2, 2]  # three shapes of two images (32 px: up to 64 per call)
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
+
+
+def test_encode_pass_batches_about_four_512px_images_or_the_training_batch():
+    from lora_diffusion.training.encoders import encode_pass_batch
+
+    assert [encode_pass_batch(b, r) for b, r in [(1, 512), (1, 1024), (8, 512), (1, 768), (2, 64), (2, 32)]] == [
+        4, 1, 8, 1, 64, 64]
+
+
 def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached(tiny_base, style_folder, tmp_path,
                                                                                 monkeypatch):
     from lora_diffusion.training import encoders

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import UserError
+from ..startup import mark_process_start, skip_unused_imports, warm_gpu_in_background
 from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, grid_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
 
 # each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
@@ -93,7 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# commands whose first seconds are spent waiting for the GPU's libraries as well as for imports
+GPU_COMMANDS = ("train", "quickstart", "generate", "grid")
+
+
 def entry_point() -> None:
+    """The console script: a real process, so its start-up levers may act on the whole interpreter."""
+    # in-process callers (tests, notebooks) go through main() and keep their interpreter as it is
+    mark_process_start()
+    skip_unused_imports()
+    if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) in GPU_COMMANDS:
+        warm_gpu_in_background()
     sys.exit(main())
 
 

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not PartialState().is_main_process:
         return 0
     print(f"wrote {result.output} after {result.steps} steps in {result.seconds:.0f} s"
+          + (f" (first step {result.first_step_s:.1f} s after start)" if result.first_step_s is not None else "")
           + (f", peak GPU memory {result.peak_gib:.2f} GiB" if result.peak_gib is not None else "")
           + (f" ({len(result.skipped)} files skipped)" if result.skipped else "")
           + (f" ({result.skipped_steps} updates skipped for NaN/inf)" if result.skipped_steps else ""))

@@ -16,6 +16,18 @@ from ..data.prefetch import Prefetcher, default_workers
 from .objective import Share
 
 
+# the up-front pass encodes about four 512 px images per VAE call whatever the training batch (batch-1
+# calls are launch-bound on a GPU) and it runs before the UNet joins the device, so below the training peak;
+# captions are short sequences: 64 per text-encoder call
+ENCODE_PASS_PIXELS = 4 * 512 * 512
+TEXT_PASS_BATCH = 64
+
+
+def encode_pass_batch(batch_size: int, resolution: int) -> int:
+    """Images per VAE call in the up-front encode pass: the training batch, or more at small sizes."""
+    return max(batch_size, min(64, ENCODE_PASS_PIXELS // (resolution * resolution)))
+
+
 class Encoders:
     """Images → latents and captions (+ geometry) → UNet conditioning, cached where allowed."""
 
@@ -53,20 +65,26 @@ class Encoders:
         return (sample - self.shift) * self.scaling
 
     def encode_all(self, data, batch_size: int) -> None:
-        """Fill both caches for every example up front (their inputs do not depend on the epoch)."""
+        """Fill both caches for every example up front (their inputs do not depend on the epoch).
+        Images are encoded ``batch_size`` at a time within each bucket (one image shape per batch)."""
         generator = torch.Generator().manual_seed(0)  # only the posterior means/stds are kept
-        keys = [(i, flipped) for i in range(len(data.items)) for flipped in ((False, True) if data.flip else (False,))]
+        by_shape: dict[tuple[int, int], list] = {}
+        for i in range(len(data.items)):
+            for flipped in (False, True) if data.flip else (False,):
+                by_shape.setdefault(data.sizes[i], []).append((i, flipped))
+        batches = [keys[start:start + batch_size] for keys in by_shape.values()
+                   for start in range(0, len(keys), batch_size)]
         # images are decoded on worker threads while the VAE encodes the batches before them
         prefetch = Prefetcher(lambda key: data.pixels(key[0], 0, key[1]), default_workers())
         try:
-            prefetch.want(keys)
-            for start in range(0, len(keys), batch_size):
-                self.latent_batch(keys[start:start + batch_size], prefetch.get, generator)
+            prefetch.want([key for batch in batches for key in batch])
+            for batch in batches:
+                self.latent_batch(batch, prefetch.get, generator)
         finally:
             prefetch.close()
         captions = data.possible_captions()
-        for start in range(0, len(captions), batch_size):
-            self.text_outputs(captions[start:start + batch_size], trainable=False)
+        for start in range(0, len(captions), TEXT_PASS_BATCH):
+            self.text_outputs(captions[start:start + TEXT_PASS_BATCH], trainable=False)
 
     def text_outputs(self, captions: list[str], trainable: bool) -> dict[str, torch.Tensor]:
         """The text encoders' outputs for a batch of captions (batched tensors by name)."""

@@ -30,12 +30,13 @@ from ..lora.config import LoraConfig
 from ..lora.inject import inject_adapter, parameter_report
 from ..models.base_precision import QUANTIZED, check_base_precision, quantize_frozen
 from ..models.loading import load_pipeline
+from ..startup import describe_startup, job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
 from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
 from .cuda_graphs import GraphedUNet
-from .encoders import Encoders
+from .encoders import Encoders, encode_pass_batch
 from .grad_sync import average_gradients
 from .lean_activations import lean_feed_forwards
 from .objective import Share, denoising_loss
@@ -54,6 +55,7 @@ class TrainResult:
     skipped: list = field(default_factory=list)
     skipped_steps: int = 0  # updates skipped for a NaN/inf loss or gradient (nan_policy: skip)
     peak_gib: float | None = None  # peak GPU memory allocated by this process (CUDA only)
+    first_step_s: float | None = None  # from the start (of the process, under the CLI) to the first step done
 
 
 def _paths(cfg: TrainConfig) -> tuple[Path, Path, Path]:
@@ -120,12 +122,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
 
     cfg.validate()
     started = time.time()
+    job_t0 = job_started_at(default=started)
+    startup = [("imports", started - job_t0)]  # (phase, seconds since the job started at its end)
     writable_file(cfg.output, "--output")
     output, checkpoint_dir, log_dir = _paths(cfg)
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
     examples, skipped = load_examples(cfg, checkpoint_dir / "hub-data")
     require_examples(examples, skipped)
     images = sum(e.repeats for e in examples)
+    wait_for_gpu_warmup()
     device = DeviceFacts.detect()
     cfg = _base_precision_sets_dtype(cfg)
     precision = cfg.mixed_precision or default_precision(device)[0]
@@ -162,6 +167,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     fp16_unsafe = weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", True)
     vae.to(accelerator.device, dtype=torch.float32 if fp16_unsafe else weight_dtype)
     resolution = cfg.resolution
+    startup.append(("base", time.time() - job_t0))
 
     # 2. LoRA in the UNet (and the text encoders), the only trainable weights
     torch.manual_seed(cfg.seed)
@@ -200,7 +206,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         )
     if cfg.offload_encoders == "on" or (cfg.offload_encoders == "auto" and cache_latents and cache_text
                                         and accelerator.device.type == "cuda"):
-        encoders.encode_all(data, cfg.batch_size)
+        encoders.encode_all(data, encode_pass_batch(cfg.batch_size, resolution))
         # every latent and text state is cached now: the VAE and text encoders leave the GPU
         for model in (vae, *text_encoders.values()):
             model.to("cpu")
@@ -260,6 +266,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     tracker = _tensorboard(log_dir) if main else None
     jsonl = (log_dir / "train_log.jsonl").open("a") if main else None
     settings = to_dict(cfg)
+
+    startup.append(("data and set-up", time.time() - job_t0))
 
     # 5. the loop
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -369,6 +377,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             losses.append(step_loss)
             if done == start_step + 1:
                 first_step_done = time.time()
+                startup.append(("first step", first_step_done - job_t0))
+                if main and progress:
+                    _note(bar, describe_startup(startup))
             if done == start_step + UNTIMED_STEPS:
                 timed_from = (done, time.time())  # lazy set-up, autotuning and allocator growth are over
             elif main and estimate_due and timed_from and done > timed_from[0]:
@@ -379,7 +390,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                     if progress:
                         _note(bar, f"estimate: {format_duration(step_seconds * (cfg.steps - done))} to go "
                                    f"({step_seconds:.2f} s/step over steps {timed_from[0] + 1}-{done}; "
-                                   f"first step {format_duration(first_step_done - started)} after start)")
+                                   f"first step {format_duration(first_step_done - job_t0)} after start)")
                     advice = long_cpu_run_advice(cfg, step_seconds, device)
                     if advice:
                         _note(bar, advice)
@@ -430,7 +441,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         if tracker:
             tracker.close()
     peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
-    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps, peak)
+    first = startup[-1][1] if startup[-1][0] == "first step" else None
+    return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps, peak, first)
 
 
 def _curve(losses: list[float], start_step: int) -> list[tuple[int, float]]:

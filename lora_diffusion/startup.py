@@ -1,0 +1,117 @@
+"""A command's start-up, made cheap: the seconds before a job's first step are most of a short job.
+
+Two levers, both skipped with ``LORA_DIFFUSION_STARTUP=plain`` (the benchmarks' baseline, and an
+escape hatch):
+
+- optional packages that diffusers and transformers import eagerly when installed but that no command
+  of ours uses are marked absent before those libraries load (``skip_unused_imports``);
+- the GPU's driver context and its kernel libraries (cuDNN, cuBLAS) load on a background thread while
+  the main thread imports Python modules (``warm_gpu_in_background``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+# diffusers imports peft at start-up when it is installed (its own LoRA loaders, which we never call),
+# peft imports transformers' generation utilities, and those import scikit-learn (assisted decoding):
+# 3-4 s of every job's start on a machine that has them, for nothing we run. Marking them absent in
+# sys.modules makes both libraries' availability checks (importlib.util.find_spec) answer "not
+# installed", which every code path of theirs handles.
+UNUSED_OPTIONAL_PACKAGES = ("peft", "sklearn")
+
+_PROCESS_T0 = time.time()
+_warmup: threading.Thread | None = None
+_job_started_at: float | None = None  # wall-clock start of a CLI process (set by mark_process_start)
+
+
+def plain_startup() -> bool:
+    """True when ``LORA_DIFFUSION_STARTUP=plain`` turns the start-up levers off."""
+    return os.environ.get("LORA_DIFFUSION_STARTUP", "").strip().lower() == "plain"
+
+
+def skip_unused_imports() -> list[str]:
+    """Mark the unused optional packages absent (unless already imported); returns the names marked."""
+    if plain_startup():
+        return []
+    marked = [name for name in UNUSED_OPTIONAL_PACKAGES if name not in sys.modules]
+    for name in marked:
+        sys.modules[name] = None  # type: ignore[assignment]  # Python's own "import blocked" marker
+    return marked
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from the kernel's start time; else since this import)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            # fields after the parenthesised command name; the 22nd field overall is the start time in ticks
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime:
+            up = float(uptime.read().split()[0])
+        return max(0.0, up - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time() - _PROCESS_T0
+
+
+def mark_process_start() -> None:
+    """Record that this process is one command's run, so its jobs time themselves from process start."""
+    global _job_started_at
+    _job_started_at = time.time() - process_seconds()
+
+
+def job_started_at(default: float) -> float:
+    """Wall-clock time a job started: its process's start under the CLI, else ``default`` (in-process calls)."""
+    return _job_started_at if _job_started_at is not None else default
+
+
+def describe_startup(marks: list[tuple[str, float]]) -> str:
+    """One line from (phase, seconds since start at its end) marks: the total, then each phase's share."""
+    parts, last = [], 0.0
+    for name, at in marks:
+        parts.append(f"{name} {at - last:.1f} s")
+        last = at
+    return f"first step {last:.1f} s after start: " + ", ".join(parts)
+
+
+def _warm_gpu() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    # the device this process will use: accelerate's launcher gives each process its LOCAL_RANK
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    # one small call of each library a training step needs loads it (cuDNN's engines, cuBLAS(Lt)'s
+    # handles, the attention kernels); the driver context comes with the first allocation
+    for dtype in (torch.bfloat16, torch.float16) if torch.cuda.is_bf16_supported() else (torch.float16,):
+        x = torch.randn(1, 8, 16, 16, device=device, dtype=dtype)
+        torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, device=device, dtype=dtype), padding=1)
+        torch.nn.functional.group_norm(x, 4)
+        a = torch.randn(1, 2, 16, 64, device=device, dtype=dtype)
+        a @ a.transpose(-1, -2)
+        torch.nn.functional.scaled_dot_product_attention(a, a, a)
+    torch.cuda.synchronize(device)
+
+
+def _warm_quietly() -> None:
+    try:
+        _warm_gpu()
+    except Exception:  # noqa: BLE001 - the real set-up reports any GPU problem in its own words
+        pass
+
+
+def warm_gpu_in_background() -> None:
+    """Start loading the GPU's context and libraries on a thread (no-op without CUDA or when plain)."""
+    global _warmup
+    if plain_startup() or _warmup is not None:
+        return
+    _warmup = threading.Thread(target=_warm_quietly, name="gpu-warmup", daemon=True)
+    _warmup.start()
+
+
+def wait_for_gpu_warmup() -> None:
+    """Block until the background warm-up (if any) is done, before the GPU is used for real."""
+    if _warmup is not None:
+        _warmup.join()
