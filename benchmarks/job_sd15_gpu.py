@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=["400x1", "1500x1", "400x4", "1500x4"])
     parser.add_argument("--uncached", type=int, nargs="*", default=[8])
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="run each job this often, variants in rotating order")
     parser.add_argument("--variants", nargs="+", default=[""], metavar="K=V[,K=V]",
                         help="environment variants, each job runs under each ('' = as is), e.g. LORA_DIFFUSION_STARTUP=plain")
     args = parser.parse_args()
@@ -74,14 +75,21 @@ def main() -> None:
     runs = [(int(s), int(b), []) for s, b in (job.split("x") for job in args.jobs)]
     runs += [(200, b, ["--crop", "random", "--flip"]) for b in args.uncached]
     variants = [dict(kv.split("=", 1) for kv in v.split(",") if kv) for v in args.variants]
-    breakdowns = []
+    breakdowns, results = [], {}
     for n, (steps, batch, extra) in enumerate(runs):
-        for env in variants:
+        for env in [v for r in range(args.repeat) for v in variants[r % len(variants):] + variants[:r % len(variants)]]:
             # a folder per job: a repeated job must not find the last one's log (or append to it)
             r = run_job(base, data, args.work / "jobs" / f"{time.time_ns()}-{n}", steps, batch, extra, env)
             print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "
                   f"{r['peak']:.2f} |", flush=True)
             breakdowns.append(f"{r['job']}: {r['breakdown']}")
+            results.setdefault(r["job"], []).append(r)
+    if args.repeat > 1:
+        print("\n| job | runs | wall median (min) | first step median (min) |\n|---|---|---|---|")
+        for job, rs in results.items():
+            walls, firsts = [r["wall"] for r in rs], [r["first"] for r in rs]
+            print(f"| {job} | {len(rs)} | {statistics.median(walls):.1f} s ({min(walls):.1f}) | "
+                  f"{statistics.median(firsts):.1f} s ({min(firsts):.1f}) |")
     print("\nstart-up, as each job's log reports it:\n" + "\n".join(breakdowns))
 
 

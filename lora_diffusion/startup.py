@@ -1,7 +1,7 @@
 """A command's start-up, made cheap: the seconds before a job's first step are most of a short job.
 
 Two levers, both skipped with ``LORA_DIFFUSION_STARTUP=plain`` (the benchmarks' baseline, and an
-escape hatch):
+escape hatch; ``all-imports`` or ``no-gpu-warmup`` skips one):
 
 - optional packages that diffusers and transformers import eagerly when installed but that no command
   of ours uses are marked absent before those libraries load (``skip_unused_imports``);
@@ -28,14 +28,15 @@ _warmup: threading.Thread | None = None
 _job_started_at: float | None = None  # wall-clock start of a CLI process (set by mark_process_start)
 
 
-def plain_startup() -> bool:
-    """True when ``LORA_DIFFUSION_STARTUP=plain`` turns the start-up levers off."""
-    return os.environ.get("LORA_DIFFUSION_STARTUP", "").strip().lower() == "plain"
+def _skipped(lever: str) -> bool:
+    """True when ``LORA_DIFFUSION_STARTUP`` (comma-separated) names ``lever`` or ``plain``."""
+    words = {w.strip().lower() for w in os.environ.get("LORA_DIFFUSION_STARTUP", "").split(",")}
+    return "plain" in words or lever in words
 
 
 def skip_unused_imports() -> list[str]:
     """Mark the unused optional packages absent (unless already imported); returns the names marked."""
-    if plain_startup():
+    if _skipped("all-imports"):
         return []
     marked = [name for name in UNUSED_OPTIONAL_PACKAGES if name not in sys.modules]
     for name in marked:
@@ -105,7 +106,7 @@ def _warm_quietly() -> None:
 def warm_gpu_in_background() -> None:
     """Start loading the GPU's context and libraries on a thread (no-op without CUDA or when plain)."""
     global _warmup
-    if plain_startup() or _warmup is not None:
+    if _skipped("no-gpu-warmup") or _warmup is not None:
         return
     _warmup = threading.Thread(target=_warm_quietly, name="gpu-warmup", daemon=True)
     _warmup.start()

@@ -145,6 +145,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
 
     # 1. the base model, frozen; then every setting the user left open is derived
     pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
+    startup.append(("base loaded", time.time() - job_t0))
     conditioning = conditioning_for(pipe, cfg.base)
     plan = derive_plan(cfg, BaseFacts.of_pipeline(pipe), images, device)
     cfg = plan.config
@@ -167,7 +168,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     fp16_unsafe = weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", True)
     vae.to(accelerator.device, dtype=torch.float32 if fp16_unsafe else weight_dtype)
     resolution = cfg.resolution
-    startup.append(("base", time.time() - job_t0))
+    startup.append(("encoders to the device", time.time() - job_t0))
 
     # 2. LoRA in the UNet (and the text encoders), the only trainable weights
     torch.manual_seed(cfg.seed)
