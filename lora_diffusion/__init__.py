@@ -7,6 +7,12 @@ files → ``data`` → latents/text states → ``training`` → adapter file (``
 
 __version__ = "0.1.0"
 
+import time as _time  # noqa: E402
+
+# a command's clock starts here, before torch and the libraries load (the interpreter's own start is ~50 ms
+# earlier); /proc's process start time has only 1 s resolution in some containers
+IMPORTED_AT = _time.time()
+
 import logging  # noqa: E402
 
 # diffusers and peft import torchao when it is installed; on a torch build without its optional

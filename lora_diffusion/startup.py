@@ -14,16 +14,15 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 # diffusers imports peft at start-up when it is installed (its own LoRA loaders, which we never call),
-# peft imports transformers' generation utilities, and those import scikit-learn (assisted decoding):
-# 3-4 s of every job's start on a machine that has them, for nothing we run. Marking them absent in
+# peft imports transformers' generation utilities, and those import scikit-learn (assisted decoding);
+# diffusers imports torchao for its own quantization config (our --base-precision calls torchao itself):
+# 2-4 s of every job's start on a machine that has them, for nothing we run. Marking them absent in
 # sys.modules makes both libraries' availability checks (importlib.util.find_spec) answer "not
-# installed", which every code path of theirs handles.
-UNUSED_OPTIONAL_PACKAGES = ("peft", "sklearn")
+# installed", which every code path of theirs handles; restore_import undoes it for our own use.
+UNUSED_OPTIONAL_PACKAGES = ("peft", "sklearn", "torchao")
 
-_PROCESS_T0 = time.time()
 _warmup: threading.Thread | None = None
 _job_started_at: float | None = None  # wall-clock start of a CLI process (set by mark_process_start)
 
@@ -44,23 +43,19 @@ def skip_unused_imports() -> list[str]:
     return marked
 
 
-def process_seconds() -> float:
-    """Seconds since this process started (Linux: from the kernel's start time; else since this import)."""
-    try:
-        with open("/proc/self/stat") as stat:
-            # fields after the parenthesised command name; the 22nd field overall is the start time in ticks
-            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as uptime:
-            up = float(uptime.read().split()[0])
-        return max(0.0, up - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.time() - _PROCESS_T0
+def restore_import(name: str) -> None:
+    """Make ``name`` importable again if skip_unused_imports marked it absent (for our own direct use)."""
+    if name in sys.modules and sys.modules[name] is None:
+        del sys.modules[name]
 
 
 def mark_process_start() -> None:
-    """Record that this process is one command's run, so its jobs time themselves from process start."""
+    """Record that this process is one command's run, so its jobs time themselves from the process's start
+    (taken as the moment it began importing lora_diffusion: the interpreter's own ~50 ms come before)."""
     global _job_started_at
-    _job_started_at = time.time() - process_seconds()
+    from . import IMPORTED_AT
+
+    _job_started_at = IMPORTED_AT
 
 
 def job_started_at(default: float) -> float:

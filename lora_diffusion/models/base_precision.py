@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..startup import restore_import
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp8", "int8", "nf4")
 QUANTIZED = ("fp8", "int8", "nf4")
@@ -25,6 +26,7 @@ _NF4_BLOCK = 64  # values per NF4 scale (the QLoRA paper's block size)
 
 def _torchao(flag_value: str):
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    restore_import("torchao")  # the CLI keeps diffusers from importing it; we do, when asked to quantize
     try:
         import torchao.quantization as quantization
     except ImportError:
