@@ -3,9 +3,10 @@
     python benchmarks/job_sd15_gpu.py --jobs 400x1 1500x1 400x4 1500x4 --uncached 8
 
 Each job is a fresh process, `python -m lora_diffusion train --base sd15-random --data data --output ...
---steps N --batch-size B --rank 4 --alpha 4 --quiet`, every other setting derived (bf16, CUDA graphs on one
-GPU). Reported: wall time from process start to exit (the file is written before exit), time from process
-start to the first step in the training log, steady steps/s (median step gap over the second half of the
+--steps N --batch-size B --rank 4 --alpha 4`, every other setting derived (bf16, CUDA graphs on one GPU), its
+console going to a file. Reported: wall time from process start to exit (the file is written before exit), time
+to the first step as the trainer's log reports it (from its package import; else when the step log appears),
+the log's start-up breakdown, steady steps/s (median step gap over the second half of the
 log), and peak GPU memory (the trainer's own report). `--uncached B` adds a `--crop random --flip` job at
 batch B (no latent caching possible: pixels are prefetched and encoded every step).
 """
@@ -30,16 +31,19 @@ def run_job(base: Path, data: Path, out: Path, steps: int, batch: int, extra: li
            "--output", str(output), "--steps", str(steps), "--batch-size", str(batch), "--rank", "4", "--alpha", "4",
            *extra]
     started = time.perf_counter()
-    # the log's lines without a progress bar: the plan, the start-up breakdown, the final report
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=os.environ | {"TQDM_DISABLE": "1"} | env)
-    first = None
-    while process.poll() is None:
-        if first is None and log.exists() and log.stat().st_size > 0:
-            first = time.perf_counter() - started
-        time.sleep(0.02)
+    # the log's lines (the plan, the start-up breakdown, the final report, the progress bar) go to a file:
+    # a pipe nobody reads until the end fills up on a long job and stalls it
+    console = output.with_suffix(".console.txt")
+    console.parent.mkdir(parents=True, exist_ok=True)
+    with console.open("w") as sink:
+        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, text=True, env=os.environ | env)
+        first = None
+        while process.poll() is None:
+            if first is None and log.exists() and log.stat().st_size > 0:
+                first = time.perf_counter() - started
+            time.sleep(0.02)
     wall = time.perf_counter() - started
-    text = process.stdout.read()
+    text = console.read_text()
     if process.returncode != 0 or not output.exists():
         raise SystemExit(f"job failed ({process.returncode}):\n{text[-3000:]}")
     times = [json.loads(line)["time"] for line in log.read_text().splitlines()]
@@ -63,6 +67,8 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=["400x1", "1500x1", "400x4", "1500x4"])
     parser.add_argument("--uncached", type=int, nargs="*", default=[8])
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="empty the page cache before each job (as root): a first run after a reboot")
     parser.add_argument("--repeat", type=int, default=1, help="run each job this often, variants in rotating order")
     parser.add_argument("--variants", nargs="+", default=[""], metavar="K=V[,K=V]",
                         help="environment variants, each job runs under each ('' = as is), e.g. LORA_DIFFUSION_STARTUP=plain")
@@ -78,6 +84,8 @@ def main() -> None:
     breakdowns, results = [], {}
     for n, (steps, batch, extra) in enumerate(runs):
         for env in [v for r in range(args.repeat) for v in variants[r % len(variants):] + variants[:r % len(variants)]]:
+            if args.drop_caches:
+                subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
             # a folder per job: a repeated job must not find the last one's log (or append to it)
             r = run_job(base, data, args.work / "jobs" / f"{time.time_ns()}-{n}", steps, batch, extra, env)
             print(f"| {r['job']} | {r['wall']:.1f} s | {r['first']:.1f} s | {r['steps_s']:.1f} | {r['img_s']:.1f} | "

@@ -83,7 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--only", choices=["eager", "compiled"], default=None)
+    parser.add_argument("--fallback-random", action="store_true",
+                        help="inductor's random ops as eager ATen calls (capture-safe RNG offsets)")
     args = parser.parse_args()
+    if args.fallback_random:
+        import torch._inductor.config
+
+        torch._inductor.config.fallback_random = True
     base, _ = prepare(Path("/tmp/sd15bench"), 64)
     for variant in [args.only] if args.only else ["eager", "compiled"]:
         unet, block_types = build(base)
