@@ -46,7 +46,7 @@ def run(unet, batch: int) -> tuple[float, float]:
 
     from lora_diffusion.training.cuda_graphs import GraphedUNet
 
-    step_unet = GraphedUNet(unet)
+    step_unet = GraphedUNet(unet, report=lambda text: print(text, flush=True))  # names a failed capture
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -98,7 +98,11 @@ def main() -> None:
             for block in blocks:
                 block.compile()
         for batch in args.batches:
-            ready, rate = run(unet, batch)
+            try:
+                ready, rate = run(unet, batch)
+            except RuntimeError as error:
+                print(f"{variant} blocks, batch {batch}: the step fails: {str(error).splitlines()[0]}", flush=True)
+                break
             print(f"{variant} blocks, batch {batch}: first step after {ready:.1f} s (compile + capture), "
                   f"steady {rate:.1f} img/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
             torch.cuda.reset_peak_memory_stats()

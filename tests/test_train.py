@@ -169,6 +169,7 @@ def test_bucketed_batches_cache_every_shape_with_the_same_losses_as_uncached(tin
     uncached = train(_cfg(tiny_base, str(folder), tmp_path / "b.safetensors", bucketing=True, cache="off", steps=6),
                      progress=False)
     assert encode_pass == [2, 2, 2]  # three shapes of two images (32 px: up to 64 per call)
+    assert 0 < cached.first_step_s < cached.seconds  # in-process: timed from train()'s start
     torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
 
 

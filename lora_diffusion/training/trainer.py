@@ -317,7 +317,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     params = [p for g in groups for p in g["params"]]
     bad_in_a_row = skipped_steps = 0
     completed = start_step  # steps whose update is fully applied (what a Ctrl-C checkpoint holds)
-    first_step_done, timed_from, estimate_due = started, None, True
+    first_step_done: float | None = None
+    timed_from, estimate_due = None, True
     try:
         for step in range(start_step, cfg.steps):
             loss_sum = None
@@ -442,7 +443,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
         if tracker:
             tracker.close()
     peak = torch.cuda.max_memory_allocated() / 2**30 if accelerator.device.type == "cuda" else None
-    first = startup[-1][1] if startup[-1][0] == "first step" else None
+    first = None if first_step_done is None else first_step_done - job_t0
     return TrainResult(output, step + 1, losses, time.time() - started, data.skipped, skipped_steps, peak, first)
 
 
