@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--drop-caches", action="store_true",
                         help="empty the page cache before each job (as root): a first run after a reboot")
     parser.add_argument("--repeat", type=int, default=1, help="run each job this often, variants in rotating order")
+    parser.add_argument("--flags", default="", help='CLI flags for every job, e.g. "--compile --compile-mode reduce-overhead"')
     parser.add_argument("--variants", nargs="+", default=[""], metavar="K=V[,K=V]",
                         help="environment variants, each job runs under each ('' = as is), e.g. LORA_DIFFUSION_STARTUP=plain")
     args = parser.parse_args()
@@ -78,8 +79,9 @@ def main() -> None:
     print(f"setup {time.time() - setup:.0f} s (not part of any job)", flush=True)
     print("| job | wall (start → exit) | first step after | steady steps/s | img/s | peak GiB |")
     print("|---|---|---|---|---|---|", flush=True)
-    runs = [(int(s), int(b), []) for s, b in (job.split("x") for job in args.jobs)]
-    runs += [(200, b, ["--crop", "random", "--flip"]) for b in args.uncached]
+    flags = args.flags.split()
+    runs = [(int(s), int(b), flags) for s, b in (job.split("x") for job in args.jobs)]
+    runs += [(200, b, ["--crop", "random", "--flip", *flags]) for b in args.uncached]
     variants = [dict(kv.split("=", 1) for kv in v.split(",") if kv) for v in args.variants]
     breakdowns, results = [], {}
     for n, (steps, batch, extra) in enumerate(runs):

@@ -41,12 +41,13 @@ def build(base: Path):
     return unet.to("cuda"), (BasicTransformerBlock, ResnetBlock2D)
 
 
-def run(unet, batch: int) -> tuple[float, float]:
+def run(unet, batch: int, graphs: bool, kernels: int = 0) -> tuple[float, float]:
     from diffusers import DDPMScheduler
 
     from lora_diffusion.training.cuda_graphs import GraphedUNet
 
-    step_unet = GraphedUNet(unet, report=lambda text: print(text, flush=True))  # names a failed capture
+    # the report names a failed capture and its first error line
+    step_unet = GraphedUNet(unet, report=lambda text: print(text, flush=True)) if graphs else unet
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -66,6 +67,16 @@ def run(unet, batch: int) -> tuple[float, float]:
 
     started = time.perf_counter()
     step().item()
+    if kernels:
+        from torch.profiler import ProfilerActivity, profile
+
+        step().item()
+        # CPU activity too: the table then names the ATen op behind each kernel's time
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=kernels), flush=True)
     ready = time.perf_counter() - started
     times = []
     for _ in range(25):
@@ -83,25 +94,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--only", choices=["eager", "compiled"], default=None)
+    parser.add_argument("--no-graphs", action="store_true", help="the step eagerly (compiled blocks without capture)")
+    parser.add_argument("--kernels", type=int, default=0, help="print the N costliest GPU kernels of 3 steps")
     parser.add_argument("--fallback-random", action="store_true",
                         help="inductor's random ops as eager ATen calls (capture-safe RNG offsets)")
     args = parser.parse_args()
-    if args.fallback_random:
-        import torch._inductor.config
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
 
-        torch._inductor.config.fallback_random = True
+    # the UNet has ~20 block shapes (channels x resolution): each gets its own static graph
+    dynamo_config.recompile_limit = 64
+    inductor_config.fallback_random = args.fallback_random
     base, _ = prepare(Path("/tmp/sd15bench"), 64)
     for variant in [args.only] if args.only else ["eager", "compiled"]:
         unet, block_types = build(base)
         if variant == "compiled":
             blocks = [m for m in unet.modules() if isinstance(m, block_types)]
             for block in blocks:
-                block.compile()
+                block.compile(dynamic=False)
         for batch in args.batches:
             try:
-                ready, rate = run(unet, batch)
+                ready, rate = run(unet, batch, graphs=not args.no_graphs, kernels=args.kernels)
             except RuntimeError as error:
-                print(f"{variant} blocks, batch {batch}: the step fails: {str(error).splitlines()[0]}", flush=True)
+                lines = [line for line in str(error).splitlines() if line.strip()]
+                print(f"{variant} blocks, batch {batch}: the step fails: {lines[0]} ... {' | '.join(lines[-4:])}",
+                      flush=True)
                 break
             print(f"{variant} blocks, batch {batch}: first step after {ready:.1f} s (compile + capture), "
                   f"steady {rate:.1f} img/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)

@@ -24,6 +24,18 @@ import torch
 from torch import nn
 
 
+def release_rng_from_failed_capture(device: torch.device) -> None:
+    """Give the device's default CUDA generator a fresh state after a capture that failed midway.
+
+    A capture registers the generator for graph-safe offsets; when it fails, the capture never
+    ends and the generator stays registered, so every later random op (the step's noise) raises
+    "Offset increment outside graph capture encountered unexpectedly". A clone of the state keeps
+    the seed and offset, without the capture registration.
+    """
+    generator = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    generator.graphsafe_set_state(generator.clone_state())
+
+
 class _PositionalUNet(nn.Module):
     """The UNet with tensor-only positional inputs and a tensor output, as graph capture needs."""
 
@@ -65,6 +77,7 @@ class GraphedUNet:
             except Exception as error:  # noqa: BLE001 - an op that cannot be captured: run eagerly instead
                 self.failed = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
                 torch.cuda.synchronize()
+                release_rng_from_failed_capture(sample.device)
                 self.report(f"warning: CUDA graph capture failed ({self.failed}); the step runs eagerly")
                 return SimpleNamespace(sample=self.module(*inputs))
             size = "x".join(map(str, sample.shape[1:]))
