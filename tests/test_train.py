@@ -196,3 +196,49 @@ def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached
     train(_cfg(tiny_base, style_folder, tmp_path / "c.safetensors", flip=True, offload_encoders="on", steps=1),
           progress=False)
     assert seen == [{(i, f) for i in range(4) for f in (False, True)}]  # 4 images x both orientations
+
+
+def test_uncached_runs_encode_the_next_batch_during_the_step_with_identical_losses(tiny_base, style_folder, tmp_path,
+                                                                                   monkeypatch):
+    from lora_diffusion.training import encoders
+
+    log = []
+    real_stage, real_encode = encoders.Encoders.stage, encoders.Encoders._encode_missing
+    monkeypatch.setattr(encoders.Encoders, "stage",
+                        lambda self, keys, pixels_for: (log.append("stage"), real_stage(self, keys, pixels_for))[1])
+    monkeypatch.setattr(encoders.Encoders, "_encode_missing",
+                        lambda self, keys, pixels_for: (log.append(f"encode {len(keys)}"),
+                                                        real_encode(self, keys, pixels_for))[1])
+    staged = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", cache="off", flip=True, steps=4),
+                   progress=False)
+    # only the first batch is encoded by the step itself; each later one was staged during the step before
+    assert log == ["encode 2", "stage", "encode 2", "stage", "encode 2", "stage", "encode 2"]
+    monkeypatch.setattr(encoders.Encoders, "stage", lambda self, keys, pixels_for: None)
+    unstaged = train(_cfg(tiny_base, style_folder, tmp_path / "b.safetensors", cache="off", flip=True, steps=4),
+                     progress=False)
+    assert staged.losses == unstaged.losses
+
+
+def test_a_staged_batch_serves_only_the_batch_with_the_same_keys():
+    from types import SimpleNamespace
+
+    from lora_diffusion.training.encoders import Encoders
+
+    encoded = []
+
+    class Vae:
+        dtype, config = torch.float32, SimpleNamespace(scaling_factor=1.0)
+
+        def encode(self, pixels):
+            encoded.append(pixels[:, 0, 0, 0].tolist())
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=pixels, std=torch.zeros_like(pixels)))
+
+    enc = Encoders(Vae(), None, torch.device("cpu"), cache_latents=False, cache_text=False)
+    pixels_for = lambda key: torch.full((1, 2, 2), float(key))  # noqa: E731
+    enc.stage([1, 2], pixels_for)
+    first = enc.latent_batch([1, 2], pixels_for, torch.Generator())
+    enc.stage([3, 4], pixels_for)
+    second = enc.latent_batch([4, 3], pixels_for, torch.Generator())  # another batch: encoded afresh
+    assert encoded == [[1.0, 2.0], [3.0, 4.0], [4.0, 3.0]]
+    assert first[:, 0, 0, 0].tolist() == [1.0, 2.0] and second[:, 0, 0, 0].tolist() == [4.0, 3.0]
+    assert enc.staged is None

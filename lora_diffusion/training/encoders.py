@@ -36,6 +36,7 @@ class Encoders:
         self.cache_latents, self.cache_text = cache_latents, cache_text
         self.latents: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
         self.text: dict[str, dict[str, torch.Tensor]] = {}
+        self.staged: tuple[list[Hashable], dict] | None = None  # (keys, their posteriors): see stage()
         self.scaling = vae.config.scaling_factor
         self.shift = getattr(vae.config, "shift_factor", None) or 0.0
 
@@ -46,17 +47,31 @@ class Encoders:
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype, non_blocking=True)).latent_dist
         return dist.mean.float(), dist.std.float()
 
+    def _encode_missing(self, keys: list[Hashable],
+                        pixels_for: Callable[[Hashable], torch.Tensor]) -> dict[Hashable, tuple[torch.Tensor, torch.Tensor]]:
+        missing = list(dict.fromkeys(k for k in keys if k not in self.latents))
+        if not missing:
+            return {}
+        mean, std = self.posterior(torch.stack([pixels_for(k) for k in missing]))
+        return {key: (mean[n : n + 1], std[n : n + 1]) for n, key in enumerate(missing)}
+
+    def stage(self, keys: list[Hashable], pixels_for: Callable[[Hashable], torch.Tensor]) -> None:
+        """Encode the next batch's uncached images now; the next ``latent_batch`` with the same keys takes them.
+
+        The trainer calls this while the GPU still runs the current step, so the host's work for the
+        next batch (stacking, pinning, launching the VAE) overlaps the step, and the VAE's kernels
+        queue behind it instead of after the host's next round. Same images, same batch: same latents.
+        """
+        self.staged = (list(keys), self._encode_missing(keys, pixels_for))
+
     def latent_batch(self, keys: list[Hashable], pixels_for: Callable[[Hashable], torch.Tensor],
                      generator: torch.Generator, share: Share | None = None) -> torch.Tensor:
-        """Latents of the batch sampled from each posterior with ``generator``; cached or encoded now.
+        """Latents of the batch sampled from each posterior with ``generator``; cached, staged or encoded now.
         ``keys`` name the samples' fixed images, (index, flipped), and ``pixels_for`` makes one."""
-        missing = list(dict.fromkeys(k for k in keys if k not in self.latents))
-        fresh = {}
-        if missing:
-            mean, std = self.posterior(torch.stack([pixels_for(k) for k in missing]))
-            fresh = {key: (mean[n : n + 1], std[n : n + 1]) for n, key in enumerate(missing)}
-            if self.cache_latents:
-                self.latents.update(fresh)
+        staged, self.staged = self.staged, None
+        fresh = staged[1] if staged is not None and staged[0] == list(keys) else self._encode_missing(keys, pixels_for)
+        if self.cache_latents:
+            self.latents.update(fresh)
         pairs = [fresh[k] if k in fresh else self.latents[k] for k in keys]
         mean = torch.cat([m.to(self.device) for m, _ in pairs])
         std = torch.cat([s.to(self.device) for _, s in pairs])

@@ -306,6 +306,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             later_indices, later_epoch, _ = batch_for(later)
             prefetch.want((i, later_epoch, data.placement(i, later_epoch).flipped) for i in later_indices)
 
+    # uncached latents: the next batch is encoded while this step runs (Encoders.stage)
+    lookahead = not cache_latents
+    total_micro = cfg.steps * cfg.gradient_accumulation
+
+    def stage_after(micro_index: int) -> None:
+        if lookahead and micro_index + 1 < total_micro:
+            next_indices, next_epoch, _ = batch_for(micro_index + 1)
+            keys = [(i, data.placement(i, next_epoch).flipped) for i in next_indices]
+            encoders.stage(keys, pixels_for(next_epoch))
+
     bar = _progress(cfg.steps, start_step, enabled=progress and main)
     if isinstance(step_unet, GraphedUNet) and main and progress:
         step_unet.report = lambda text: _note(bar, text)
@@ -352,11 +362,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                         checked = [loss_sum]
                         if cfg.mixed_precision != "fp16" and norm is not None:
                             checked.append(norm.float().reshape(()).to(loss_sum.device))
-                        values = torch.stack(checked).tolist()  # the step's one host sync
+                        # the step's one host sync; the next batch's encode queues behind it
+                        values = _read_after(torch.stack(checked), lambda: stage_after(micro_index))
                         bad = not all(math.isfinite(v) for v in values)
                         if not bad:
                             optimizer.step()
                             lr_scheduler.step()
+                    else:
+                        stage_after(micro_index)
                     optimizer.zero_grad(set_to_none=True)
             step_loss = values[0] / cfg.gradient_accumulation
             done = step + 1
@@ -528,6 +541,20 @@ def _tensorboard(log_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(log_dir / "tensorboard"))
+
+
+def _read_after(values: torch.Tensor, work: Callable[[], None]) -> list[float]:
+    """``values.tolist()`` with ``work`` done meanwhile; on a GPU, ``work``'s kernels queue behind the copy
+    of ``values``, so the host waits for the step only, and the GPU is not idle while the host catches up."""
+    if values.device.type != "cuda":
+        work()
+        return values.tolist()
+    host = values.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    work()
+    copied.synchronize()
+    return host.tolist()
 
 
 def _progress(total: int, initial: int, enabled: bool):
