@@ -3,6 +3,8 @@ compiler's batch-8/32 rates, and what does the compile cost cold and with induct
 
     python benchmarks/regional_compile_gpu.py --batches 8 32             # eager blocks vs compiled blocks
     python benchmarks/regional_compile_gpu.py --only compiled --batches 8   # again: the cache is warm now
+    python benchmarks/regional_compile_gpu.py --only compiled --no-graphs   # compiled blocks, eager step
+    python benchmarks/regional_compile_gpu.py --only eager --no-graphs --kernels 45   # where the GPU time goes
 
 SD1.5-architecture UNet (random weights), bf16, rank-4 LoRA on attention as the trainer injects it, the
 step as the trainer runs it (GraphedUNet: forward and backward captured), fused AdamW. "Blocks" are the
