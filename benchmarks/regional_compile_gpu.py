@@ -16,11 +16,12 @@ call to a replayable step (compile + capture), and the steady images/s (median o
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from gpu_timing import median_gpu_seconds
 
 
 def build(base: Path):
@@ -69,6 +70,7 @@ def run(unet, batch: int, graphs: bool, kernels: int = 0) -> tuple[float, float]
 
     started = time.perf_counter()
     step().item()
+    ready = time.perf_counter() - started  # before any profiling below
     if kernels:
         from torch.profiler import ProfilerActivity, profile
 
@@ -79,15 +81,7 @@ def run(unet, batch: int, graphs: bool, kernels: int = 0) -> tuple[float, float]
                 step()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=kernels), flush=True)
-    ready = time.perf_counter() - started
-    times = []
-    for _ in range(25):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return ready, batch / statistics.median(times[5:])
+    return ready, batch / median_gpu_seconds(step)
 
 
 def main() -> None:

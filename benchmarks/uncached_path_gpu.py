@@ -11,12 +11,13 @@ graph, and the encoder compiled by inductor (its compile time reported beside).
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from gpu_timing import median_gpu_seconds
 
 
 def main() -> None:
@@ -51,15 +52,9 @@ def main() -> None:
         return vae.quant_conv(vae.encoder(pixels))
 
     def timed(name, fn):
-        times = []
         with torch.no_grad():
-            for _ in range(25):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                fn()
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-        print(f"VAE encode, batch 8, bf16, {name}: {1000 * statistics.median(times[5:]):.1f} ms", flush=True)
+            seconds = median_gpu_seconds(fn)
+        print(f"VAE encode, batch 8, bf16, {name}: {1000 * seconds:.1f} ms", flush=True)
 
     timed("as the trainer runs it", lambda: moments(batch))
     with torch.no_grad():
