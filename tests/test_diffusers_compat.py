@@ -81,14 +81,19 @@ def test_diffusers_layout_written_here_loads_in_diffusers(tmp_path, lora_file):
 
 
 def _diffusers_made_lora(seed=0):
-    """A tiny pipeline with a PEFT LoRA added by diffusers itself (alpha 2, rank 4), B randomised."""
+    """A tiny pipeline with a PEFT LoRA (UNet alpha 2, text encoder alpha 8, rank 4), B randomised.
+
+    The adapters are injected with PEFT directly (`inject_adapter_in_model`), as diffusers' own LoRA loader does,
+    not through transformers' `add_adapter`: that integration has its own PEFT floor, which a transformers release
+    can raise above the newest PEFT (transformers 5.24 asked for peft>=0.22 while 0.21.2 was the newest)."""
     from peft import LoraConfig as PeftConfig
+    from peft import inject_adapter_in_model
 
     pipe = tiny_pipeline("sd1", seed=0)
     unet_cfg = PeftConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=True)
     te_cfg = PeftConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=True)
-    pipe.unet.add_adapter(unet_cfg, adapter_name="default")
-    pipe.text_encoder.add_adapter(te_cfg, adapter_name="default")
+    inject_adapter_in_model(unet_cfg, pipe.unet, adapter_name="default")
+    inject_adapter_in_model(te_cfg, pipe.text_encoder, adapter_name="default")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for model in (pipe.unet, pipe.text_encoder):
