@@ -8,6 +8,47 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# What a red run is read against: the versions in use, first thing in the log, and any that differ from CI's pins.
+_REPORTED = ("torch", "diffusers", "transformers", "accelerate", "datasets", "gradio", "peft", "huggingface-hub",
+             "safetensors", "tokenizers", "numpy", "pillow", "torchao", "lycoris-lora", "playwright", "pytest")
+
+
+def versions_in_use() -> list[str]:
+    """Two lines: the versions of the packages this suite exercises, and those that differ from CI's pins."""
+    import platform
+    from importlib import metadata
+    from pathlib import Path
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    pins = {}
+    constraints = Path(__file__).resolve().parent.parent / ".ci" / "constraints.txt"
+    if constraints.exists():
+        for line in constraints.read_text().splitlines():
+            name, sep, pinned = line.split("#", 1)[0].strip().partition("==")
+            if sep:
+                pins[name.strip().lower()] = pinned.strip()
+    used = [f"{n} {version(n)}" for n in _REPORTED]
+    moved = [f"{n} {version(n)} (pinned {pins[n]})" for n in _REPORTED if n in pins and version(n) != pins[n]]
+    lines = [f"versions: python {platform.python_version()}, " + ", ".join(used)]
+    if not constraints.exists():
+        lines.append("no .ci/constraints.txt to compare with")
+    else:
+        lines.append("differs from .ci/constraints.txt: " + (", ".join(moved) if moved else "nothing"))
+    return lines
+
+
+def pytest_sessionstart(session):
+    # written straight to the terminal: pytest's own header hook is silent under README's `pytest -q`
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in versions_in_use():
+            reporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):

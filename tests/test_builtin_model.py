@@ -85,3 +85,16 @@ def test_quality_bars_on_200_held_out_captions(pipe):
 
     report = evaluate(pipe, n=200)
     assert report.color >= 0.9 and report.background >= 0.9 and report.shape >= 0.8, str(report)
+
+
+def test_text_encoder_is_stored_in_the_layout_every_supported_transformers_loads():
+    """transformers 4.x finds no weights in transformers 5's unprefixed CLIPTextModel file (a random encoder)."""
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    path = builtin_path() / "text_encoder" / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)
+    _, info = CLIPTextModel.from_pretrained(str(builtin_path()), subfolder="text_encoder", output_loading_info=True)
+    assert info["missing_keys"] in ([], set()) and info["unexpected_keys"] in ([], set())

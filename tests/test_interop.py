@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from conftest import randomize_lora, unet_inputs, unet_out
 from lora_diffusion import (
@@ -169,6 +170,8 @@ def test_bake_writes_a_folder_and_a_single_file_that_load_back_offline(tmp_path,
     expected = unet_out(folder.unet, inputs)
     torch.testing.assert_close(expected, unet_out(blended["unet"], inputs), rtol=1e-5, atol=1e-5)
     assert torch.equal(unet_out(from_single.unet, inputs), expected)
+    with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as f:  # loads in transformers 4.x too
+        assert all(k.startswith("text_model.") for k in f.keys())
     assert main(["bake", "--base", tiny_base, "--lora", str(lora), "--out", str(out)]) == 2  # never overwrites
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lora_diffusion.models.builtin import BUILTIN_MARKER, SCHEDULER_CONFIG, build_untrained, builtin_path
+from lora_diffusion.models.portable_save import save_pipeline as save_portable
 from lora_diffusion.world.scenes import caption, render, sample_scene
 
 
@@ -181,7 +182,7 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer_dir: Path) -> No
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.to("cpu", torch.float16)
-    pipe.save_pretrained(str(out), safe_serialization=True)
+    save_portable(pipe, out)
     config_path = out / "unet" / "config.json"
     config = json.loads(config_path.read_text())
     config[BUILTIN_MARKER] = True  # lets loaders and adapter files tell the built-in base apart

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import load_pipeline
     from ..file_modes import make_tree_like_new
     from ..models.single_file import save_single_file
+    from ..models.portable_save import save_pipeline
     from .text import safe_text
 
     out = Path(args.out)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         bake_lora(model)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        save_pipeline(pipe, tmp)
         make_tree_like_new(tmp)  # safetensors writes its files private
         os.replace(tmp, out)
     finally:
