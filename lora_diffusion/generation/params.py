@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class GenerationParams:
 
     @classmethod
     def from_text(cls, text: str) -> "GenerationParams":
+        """Parse A1111's layout. Linear in the text's length: a PNG is a stranger's input, and a backtracking
+        pattern on a 1 MB text chunk would hold the interpreter (and every other request) for hours."""
         lines = text.split("\n")
         settings_line = lines[-1]
         negative = ""
@@ -46,9 +49,9 @@ class GenerationParams:
             negative = "\n".join(body[neg_at:])[len("Negative prompt: "):]
             body = body[:neg_at]
         prompt = "\n".join(body)
-        loras = [(m.group(1), float(m.group(2))) for m in re.finditer(r"<lora:([^:>]+):([-0-9.eE]+)>", prompt)]
-        prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)
-        values = dict(re.findall(r'(\w[\w ]*): ("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)', settings_line))
+        loras = [(m.group(1), float(m.group(2))) for m in _LORA_WITH_WEIGHT.finditer(prompt)]
+        prompt = _strip_lora_tags(prompt)
+        values = settings_values(settings_line)
         width, height = (int(v) for v in values.get("Size", "512x512").split("x"))
         return cls(
             prompt=prompt, negative_prompt=negative, steps=int(values.get("Steps", 20)),
@@ -58,16 +61,75 @@ class GenerationParams:
         )
 
 
+# '<' is excluded inside a tag so that each match attempt stops at the next tag's start: linear on any text
+_LORA_WITH_WEIGHT = re.compile(r"<lora:([^:<>]+):([-0-9.eE]+)>")
+_LORA_TAG = re.compile(r"<lora:[^<>]*>")
+_KEY = re.compile(r"\w[\w ]*")
+
+
+def _strip_lora_tags(prompt: str) -> str:
+    """The prompt without its <lora:…> tags and the whitespace just before each (as A1111 writes them)."""
+    parts = _LORA_TAG.split(prompt)
+    return "".join(part.rstrip() if i < len(parts) - 1 else part for i, part in enumerate(parts))
+
+
+def settings_values(line: str) -> dict[str, str]:
+    """A1111's settings line, ``Key: value, Key: "quoted, value", …``, as a dict, in one left-to-right pass.
+
+    Text before the first ``Key: `` that is not a key (a stray word) is skipped up to the next ``, ``."""
+    values: dict[str, str] = {}
+    pos, n = 0, len(line)
+    while pos < n:
+        colon = line.find(": ", pos)
+        if colon < 0:
+            break
+        key = line[pos:colon]
+        value_at = colon + 2
+        if value_at < n and line[value_at] == '"':
+            end = _closing_quote(line, value_at + 1)
+            value, pos = line[value_at:end + 1], end + 1
+            comma = line.find(", ", pos)
+            pos = n if comma < 0 else comma + 2
+        else:
+            comma = line.find(", ", value_at)
+            end = n if comma < 0 else comma
+            value, pos = line[value_at:end], (n if comma < 0 else comma + 2)
+        if _KEY.fullmatch(key):
+            values[key] = value
+    return values
+
+
+def _closing_quote(line: str, start: int) -> int:
+    """Index of the quote that closes a value opened just before ``start`` (backslash escapes), or the end."""
+    i = start
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            i += 2
+        elif c == '"':
+            return i
+        else:
+            i += 1
+    return len(line) - 1
+
+
 def _num(value: float) -> str:
     return f"{value:g}"
 
 
 def _quote(text: str) -> str:
-    return f'"{text}"' if any(c in text for c in ',:"\n') else text
+    # A1111 quotes a value the way json does, so inner quotes and backslashes survive the round trip
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
 
 
 def _unquote(text: str) -> str:
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text[1:-1]
+        return value if isinstance(value, str) else text[1:-1]
+    return text
 
 
 def save_png(image: Image.Image, path: Path, params: GenerationParams) -> Path:
@@ -84,5 +146,11 @@ def save_png(image: Image.Image, path: Path, params: GenerationParams) -> Path:
 
 
 def read_png_params(path: Path) -> GenerationParams:
+    """The parameters chunk of a PNG, read from the chunks before the pixel data: no pixel is decoded (a
+    13000² image costs what its header costs), and PIL bounds each text chunk (``MAX_TEXT_CHUNK``). A PNG with no
+    such chunk raises KeyError."""
     with Image.open(path) as image:
-        return GenerationParams.from_text(image.text["parameters"])
+        text = image.info["parameters"]  # `image.text` would decode every pixel to reach chunks after them
+    if not isinstance(text, str):
+        raise KeyError("parameters")
+    return GenerationParams.from_text(text)
