@@ -68,3 +68,64 @@ def test_png_without_parameters_is_a_key_error(tmp_path):
     Image.new("RGB", (8, 8)).save(path)
     with pytest.raises(KeyError):
         read_png_params(path)
+
+
+def _huge_lokr(path, module="lora_unet_conv_out", side=12000):
+    """A 48 KB LoKr whose factors describe a side×side weight change (576 MB in fp32 at 12000)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({f"{module}.lokr_w1": torch.ones(1, 1), f"{module}.lokr_w2_a": torch.ones(side, 1),
+               f"{module}.lokr_w2_b": torch.ones(1, side), f"{module}.alpha": torch.tensor(1.0)}, str(path))
+    return path
+
+
+@pytest.fixture
+def no_full_kron(monkeypatch):
+    """Fail the test if any LoKr ΔW is built for real (only shape-only meta products are allowed)."""
+    import torch
+
+    real_kron = torch.kron
+
+    def guarded(a, b, *args, **kwargs):
+        assert a.is_meta and b.is_meta, "a LoKr weight change was built before its shape was checked"
+        return real_kron(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "kron", guarded)
+
+
+def test_a_lokr_too_big_for_its_layer_is_refused_before_its_delta_is_built(tmp_path, no_full_kron):
+    from lora_diffusion import load_adapter, lora_layers, pipeline_components
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    path = _huge_lokr(tmp_path / "lokr12k.safetensors")
+    pipe = tiny_pipeline("sd1")
+    with pytest.raises(UserError, match=r"module lora_unet_conv_out: its lokr factors make a weight change of shape "
+                                        r"\(12000, 12000\) \(144M values\)"):
+        load_adapter(path, pipeline_components(pipe))
+    assert not lora_layers(pipe.unet)
+
+
+def test_a_lokr_that_does_not_match_its_layer_is_refused_by_shape_alone(tmp_path, no_full_kron):
+    from lora_diffusion import load_adapter, pipeline_components
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    path = _huge_lokr(tmp_path / "lokr300.safetensors", side=300)
+    with pytest.raises(UserError, match=r"module lora_unet_conv_out has a lokr weight change of shape \(300, 300\) "
+                                        r"but the base layer is \(4, 32, 3, 3\)"):
+        load_adapter(path, pipeline_components(tiny_pipeline("sd1")))
+
+
+@pytest.mark.parametrize("command", ["resize", "merge"])
+def test_resize_and_merge_refuse_an_oversized_lokr_in_one_line(tmp_path, capsys, command, no_full_kron):
+    from lora_diffusion.cli.main import main
+
+    path = _huge_lokr(tmp_path / "lokr12k.safetensors")
+    out = tmp_path / "out.safetensors"
+    args = [str(path), "--rank", "2"] if command == "resize" else [f"{path}:1", f"{path}:0.5"]
+    assert main([command, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "its lokr factors make a weight change of shape (12000, 12000)" in err and "\n" not in err
+    assert not out.exists()

@@ -314,10 +314,11 @@ def apply_adapter(
 
 def _dense_network(entry: ModuleDelta, base_w: torch.Tensor, source: str, key: str, file_arch: str,
                    model_arch: str) -> DenseNetwork:
-    """The network for a LoHa/LoKr/full/Tucker module, after checking its ΔW fits the base layer."""
-    delta = entry.checked_delta(key, source)
-    if delta.numel() != base_w.numel() or delta.shape[0] != base_w.shape[0]:
-        detail = f"has a {entry.kind} weight change of shape {tuple(delta.shape)} but the base layer is {tuple(base_w.shape)}"
+    """The network for a LoHa/LoKr/full/Tucker module, after checking the shape its ΔW would have (worked out
+    from the factor shapes, nothing built) against the base layer."""
+    shape = entry.checked_shape(key, source)
+    if shape.numel() != base_w.numel() or shape[0] != base_w.shape[0]:
+        detail = f"has a {entry.kind} weight change of shape {tuple(shape)} but the base layer is {tuple(base_w.shape)}"
         raise _mismatch(source, key, detail, file_arch, model_arch)
     return entry.network(tuple(base_w.shape))
 

@@ -7,13 +7,18 @@ full diff). Any of them may carry a DoRA magnitude (``dora_scale``) and a bias d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import UserError
 from ..lora import deltas
 from ..lora.networks import NETWORKS, DenseNetwork, LoconTuckerNetwork
+
+
+# Larger than every layer of a supported base (FLUX's biggest linear is 3072×15360 = 47M values), far below what
+# a hostile file's factors can describe (a 12000×12000 LoKr ΔW is 144M values, 576 MB in fp32).
+MAX_DELTA_ELEMENTS = 64 * 2**20
 
 
 @dataclass
@@ -65,13 +70,29 @@ class ModuleDelta:
         else:
             setattr(self, part, tensor)
 
-    def checked_delta(self, name: str, source: object) -> torch.Tensor:
-        """``delta()``, with inconsistent factor shapes reported as one line naming the module."""
+    def on_meta(self) -> "ModuleDelta":
+        """The same module with every tensor on the meta device: shapes only, nothing allocated."""
+        return replace(self, **{k: v.to("meta") for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
+
+    def checked_shape(self, name: str, source: object) -> torch.Size:
+        """The shape ``delta()`` would have, worked out from the factor shapes without building it (a 48 KB LoKr
+        can describe a 12000×12000 ΔW); inconsistent factors or a size no base layer has is one error line."""
         try:
-            return self.delta()
-        except RuntimeError as error:
+            shape = self.on_meta().delta().shape
+        except (RuntimeError, IndexError, ValueError, KeyError) as error:
             raise UserError(f"{source}: module {name}: its {self.kind} tensors do not fit together "
-                            f"({str(error).splitlines()[0]}); the file is corrupt") from None
+                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                            "the file is corrupt") from None
+        if shape.numel() > MAX_DELTA_ELEMENTS:
+            raise UserError(f"{source}: module {name}: its {self.kind} factors make a weight change of shape "
+                            f"{tuple(shape)} ({shape.numel() / 1e6:.0f}M values), larger than any layer of a supported "
+                            "base; the file is corrupt or not a LoRA")
+        return shape
+
+    def checked_delta(self, name: str, source: object) -> torch.Tensor:
+        """``delta()``, after ``checked_shape``: a corrupt or oversized module is refused before it is built."""
+        self.checked_shape(name, source)
+        return self.delta()
 
 
 @dataclass
@@ -139,6 +160,11 @@ class ModuleLycoris(ModuleDelta):
         """ΔW in fp32 (a LoKr with both halves full and a full diff have rank 0: scale 1, as LyCORIS)."""
         with torch.no_grad():
             return NETWORKS[self.network_kind](None, dict(self.factors), self.scale, self.rank).build()
+
+    def on_meta(self) -> "ModuleLycoris":
+        meta = super().on_meta()
+        meta.factors = {k: v.to("meta") for k, v in self.factors.items()}
+        return meta
 
     def network(self, weight_shape):
         factors = {k: v.detach().clone() for k, v in self.factors.items()}

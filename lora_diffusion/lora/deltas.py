@@ -82,6 +82,9 @@ def lokr_delta(
             w2 = w2_a @ w2_b.reshape(w2_b.shape[0], -1)
     if w2.dim() == 4:
         w1 = w1[:, :, None, None]
+    if w1.is_meta or w2.is_meta:
+        # shape only (a ΔW checked before it is built): the meta kron's first call costs a second of set-up
+        return torch.empty([a * b for a, b in zip(w1.shape, w2.shape)], device="meta")
     # kron views its inputs: an einsum result may not be laid out for that
     return torch.kron(w1.contiguous(), w2.contiguous()) * scale
 
