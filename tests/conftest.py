@@ -67,6 +67,14 @@ def sd1():
     return tiny_components("sd1", seed=0)
 
 
+def diffusers_load_lora(pipe, path, adapter_name):
+    """diffusers' own loader on a local file, called the way every diffusers release takes it offline: the folder
+    plus ``weight_name`` (a bare file path needs diffusers 0.38+ when HF_HUB_OFFLINE is set)."""
+    from pathlib import Path
+
+    pipe.load_lora_weights(str(Path(path).parent), weight_name=Path(path).name, adapter_name=adapter_name)
+
+
 def unet_inputs(unet, batch=2, seed=0, size=8):
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, unet.config.in_channels, size, size, generator=g)

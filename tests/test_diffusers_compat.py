@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import randomize_lora, unet_inputs, unet_out
+from conftest import diffusers_load_lora, randomize_lora, unet_inputs, unet_out
 from lora_diffusion import LoraConfig, inject_adapter, load_adapter, pipeline_components, save_adapter
 from lora_diffusion import set_adapter_weight
 from lora_diffusion.models.tiny import tiny_pipeline
@@ -29,7 +29,7 @@ def test_diffusers_load_lora_weights_matches_engine(lora_file, weight):
     theirs = tiny_pipeline("sd1", seed=0)
     comps = pipeline_components(ours)
     name = load_adapter(lora_file, comps, weight=weight)
-    theirs.load_lora_weights(str(lora_file), adapter_name="style")
+    diffusers_load_lora(theirs, lora_file, "style")
     theirs.set_adapters(["style"], adapter_weights=[weight])
 
     # both halves of the file took effect in diffusers: text encoder and UNet differ from the base
@@ -75,7 +75,7 @@ def test_diffusers_layout_written_here_loads_in_diffusers(tmp_path, lora_file):
     assert adapter.layout == "diffusers"
     ours, theirs = tiny_pipeline("sd1", seed=0), tiny_pipeline("sd1", seed=0)
     load_adapter(lora_file, pipeline_components(ours), weight=0.7)
-    theirs.load_lora_weights(str(diffusers_file), adapter_name="style")
+    diffusers_load_lora(theirs, diffusers_file, "style")
     theirs.set_adapters(["style"], adapter_weights=[0.7])
     _assert_same_networks(ours, theirs, tiny_pipeline("sd1", seed=0))
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize_lora
+from conftest import diffusers_load_lora, randomize_lora
 from lora_diffusion import LoraConfig, UserError, inject_adapter, lora_layers, pipeline_components, read_adapter, save_adapter
 from lora_diffusion.cli.main import main
 from lora_diffusion.generation.engine import GenerationEngine, LoraChoice
@@ -98,8 +98,8 @@ def test_kohya_and_diffusers_files_blend_like_diffusers_set_adapters(tiny_base, 
                            seed=3, steps=5, width=32, height=32, scheduler="DDIM")
     theirs = StableDiffusionPipeline.from_pretrained(tiny_base)
     theirs.scheduler = DDIMScheduler.from_config(theirs.scheduler.config)
-    theirs.load_lora_weights(two_loras[0], adapter_name="a")
-    theirs.load_lora_weights(second, adapter_name="b")
+    diffusers_load_lora(theirs, two_loras[0], "a")
+    diffusers_load_lora(theirs, second, "b")
     theirs.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])
     image = theirs("abc", num_inference_steps=5, guidance_scale=5.0, width=32, height=32,
                    generator=[torch.Generator().manual_seed(3)]).images[0]

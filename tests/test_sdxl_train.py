@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import assert_kill_and_resume_is_bit_identical, randomize_lora
+from conftest import assert_kill_and_resume_is_bit_identical, diffusers_load_lora, randomize_lora
 from lora_diffusion import UserError, load_adapter, pipeline_components
 from lora_diffusion.cli.main import main
 from lora_diffusion.data.dataset import TrainingData
@@ -101,7 +101,7 @@ def test_text_encoder_training_writes_te1_and_te2_that_diffusers_loads_alike(sdx
 
     ours, theirs, base = (load_pipeline(sdxl_base) for _ in range(3))
     load_adapter(out, pipeline_components(ours))
-    theirs.load_lora_weights(str(out), adapter_name="style")
+    diffusers_load_lora(theirs, out, "style")
     ids = torch.randint(3, 50, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for attr in ("text_encoder", "text_encoder_2"):
