@@ -129,3 +129,163 @@ def test_resize_and_merge_refuse_an_oversized_lokr_in_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert "its lokr factors make a weight change of shape (12000, 12000)" in err and "\n" not in err
     assert not out.exists()
+
+
+# ---- LoRA files with odd values (item 10) ------------------------------------------------------------------------
+MODULE = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _lora_tensors(**changes):
+    import torch
+
+    tensors = {f"{MODULE}.lora_down.weight": torch.randn(4, 32), f"{MODULE}.lora_up.weight": torch.randn(32, 4),
+               f"{MODULE}.alpha": torch.tensor(4.0)}
+    tensors.update({f"{MODULE}.{k}": v for k, v in changes.items()})
+    return tensors
+
+
+def _odd_values():
+    import torch
+
+    return {
+        "nan alpha": (_lora_tensors(alpha=torch.tensor(float("nan"))), f"tensor '{MODULE}.alpha' holds nan or inf"),
+        "inf weight": (_lora_tensors(**{"lora_up.weight": torch.full((32, 4), float("inf"))}),
+                       f"tensor '{MODULE}.lora_up.weight' holds nan or inf"),
+        "int tensor": (_lora_tensors(**{"lora_up.weight": torch.ones(32, 4, dtype=torch.int64)}),
+                       f"tensor '{MODULE}.lora_up.weight' is int64; LoRA tensors are floating point"),
+        "bool tensor": (_lora_tensors(**{"lora_down.weight": torch.ones(4, 32, dtype=torch.bool)}),
+                        f"tensor '{MODULE}.lora_down.weight' is bool"),
+        "vector alpha": (_lora_tensors(alpha=torch.tensor([1.0, 2.0])), f"tensor '{MODULE}.alpha' has 2 values"),
+        "rank 0": (_lora_tensors(**{"lora_down.weight": torch.zeros(0, 32), "lora_up.weight": torch.zeros(32, 0)}),
+                   f"module {MODULE} has rank 0"),
+        "negative alpha": (_lora_tensors(alpha=torch.tensor(-2.0)), f"module {MODULE} has alpha -2.0"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_odd_values()))
+def test_odd_values_in_a_lora_file_are_one_line_naming_the_tensor(tmp_path, case):
+    from safetensors.torch import save_file
+
+    from lora_diffusion import read_adapter
+    from lora_diffusion.errors import UserError
+
+    tensors, message = _odd_values()[case]
+    path = tmp_path / "odd.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(UserError) as error:
+        read_adapter(path)
+    assert str(error.value).startswith(f"cannot read LoRA file {path}: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_an_integer_alpha_is_read_as_the_number_it_is(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_diffusion import read_adapter
+
+    save_file(_lora_tensors(alpha=torch.tensor(2, dtype=torch.int64)), str(tmp_path / "a.safetensors"))
+    assert read_adapter(tmp_path / "a.safetensors").modules[MODULE].alpha == 2.0
+
+
+@pytest.mark.parametrize("spec", ["good.safetensors:nan", "good.safetensors:inf", "good.safetensors:1:-inf"])
+def test_non_finite_weights_are_refused_on_the_command_line(spec):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.generation.engine import LoraChoice
+
+    with pytest.raises(UserError, match=r"weights must be finite numbers \(not nan or inf\)"):
+        LoraChoice.parse(spec)
+
+
+def test_non_finite_weights_are_refused_in_prompt_tags():
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.generation.prompt_tags import split_lora_tags
+
+    with pytest.raises(UserError, match=r"^prompt tag <lora:good:nan>: weights must be finite numbers"):
+        split_lora_tags("a cat <lora:good:nan>")
+
+
+# ---- library names, training starts, uploads (items 3, 5, 6) -----------------------------------------------------
+def test_a_doubled_safetensors_suffix_is_refused_and_never_breaks_the_list(tmp_path):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.ui.library import LoraLibrary
+
+    library = LoraLibrary(tmp_path)
+    with pytest.raises(UserError, match=r"ends in \.safetensors twice; give the name once, e\.g\. 'x'"):
+        library.check_name("x.safetensors.safetensors")
+    (tmp_path / "y.safetensors.safetensors").write_bytes(b"made by hand")
+    (tmp_path / "z.safetensors").write_bytes(b"")
+    assert library.names() == ["z"]
+
+
+def test_two_concurrent_training_starts_give_one_run_and_one_clear_refusal(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.training.config import TrainConfig
+    from lora_diffusion.ui import jobs
+    from lora_diffusion.ui.library import LoraLibrary
+
+    def slow_copy(uploads, folder, target):  # the window the race used: copying a large upload
+        time.sleep(0.5)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    runs = []
+    monkeypatch.setattr(jobs, "prepare_data", slow_copy)
+    monkeypatch.setattr(jobs.TrainingJob, "_run", lambda self, cfg, final: runs.append(final) or time.sleep(0.2))
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: None)
+    job = jobs.TrainingJob(LoraLibrary(tmp_path / "loras"))
+    outcomes = []
+
+    def start():
+        try:
+            job.start("style", TrainConfig(), ["x.png"], "")
+            outcomes.append("started")
+        except UserError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    job.wait()
+    assert sorted(outcomes) == ["a training run is already starting; wait for it or press Stop", "started"]
+    assert len(runs) == 1
+
+
+def test_a_zip_that_unpacks_far_larger_than_it_is_is_refused(tmp_path):
+    import zipfile
+
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.ui.jobs import prepare_data
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", b"\0" * (40 * 1024**2))
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(UserError, match=r"bomb.zip: unpacks \d+× larger than it is; that is not a zip of images"):
+        prepare_data([str(archive)], "", tmp_path / "job" / "data")
+    assert not any((tmp_path / "job" / "data").iterdir())
+
+
+def test_uploaded_training_data_is_removed_after_the_run(tmp_path, monkeypatch):
+    from lora_diffusion.training.config import TrainConfig
+    from lora_diffusion.ui import jobs
+    from lora_diffusion.ui.library import LoraLibrary
+
+    def failing_train(cfg, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("lora_diffusion.training.trainer.train", failing_train)
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: None)
+    upload = tmp_path / "a.png"
+    upload.write_bytes(b"\x89PNG")
+    job = jobs.TrainingJob(LoraLibrary(tmp_path / "loras"))
+    job.start("style", TrainConfig(), [str(upload)], "")
+    job.wait()
+    assert job.snapshot().status == "failed"
+    assert not (tmp_path / "loras" / ".training" / "style" / "data").exists()

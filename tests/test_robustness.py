@@ -324,7 +324,7 @@ def test_soak_200_generations_with_random_loras_leaves_no_growth_and_exact_base(
     import resource
 
     from lora_diffusion import LoraConfig, inject_adapter, lora_layers, pipeline_components, save_adapter
-    from lora_diffusion.generation.engine import GenerationEngine, LoraChoice
+    from lora_diffusion.generation.engine import GenerationEngine, LoraChoice, base_key
     from lora_diffusion.lora.inject import base_modules
     from lora_diffusion.models.loading import load_pipeline
 
@@ -351,7 +351,7 @@ def test_soak_200_generations_with_random_loras_leaves_no_growth_and_exact_base(
             gc.collect()
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
             layers = lora_layers(pipe.unet)
-            assert len(engine._adapters[tiny_base]) <= 5 and all(len(layer.rank) <= 5 for layer in layers.values())
+            assert len(engine._adapters[base_key(tiny_base)]) <= 5 and all(len(layer.rank) <= 5 for layer in layers.values())
     assert rss[1] - rss[0] < 100_000  # KB: no growth beyond allocator noise between request 50 and 200
     engine.set_loras(tiny_base, [])
     for path, module in base_modules(pipe.unet):

@@ -8,6 +8,7 @@ layout (kohya, LyCORIS, diffusers/PEFT). Pure data: nothing here touches a model
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 
 from ..errors import UserError
 from ..file_modes import make_like_new_file
+from ..safe_write import fsync_path, keep_backup, remove_stale_temps, temp_path
 from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
@@ -121,9 +123,10 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         raise _open_error(path, f"not a valid safetensors file ({error})") from None
     if not tensors:
         raise _open_error(path, "it holds no tensors")
+    _check_values(path, tensors)
     layout = detect_layout(list(tensors))
     if layout == "kohya":
-        return AdapterFile(parse(layout, tensors, metadata, path), metadata, "kohya")
+        return _checked(AdapterFile(parse(layout, tensors, metadata, path), metadata, "kohya"), path)
     if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
         raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")
     if layout == "unknown":
@@ -132,7 +135,35 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             f"tensor {next(iter(tensors))!r} is in none of the LoRA layouts read here "
             "(kohya lora_unet_/lora_te_, diffusers unet./text_encoder., PEFT base_model.model.)",
         )
-    return AdapterFile(parse(layout, tensors, metadata, path, peft_config=_peft_config(path)), metadata, layout)
+    return _checked(AdapterFile(parse(layout, tensors, metadata, path, peft_config=_peft_config(path)), metadata, layout),
+                    path)
+
+
+def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor floating point and finite, every alpha one number: a nan weight or an integer tensor would
+    otherwise enter the library and give black images much later, far from the file that caused it."""
+    for key, tensor in tensors.items():
+        is_alpha = key.endswith("alpha")
+        if is_alpha and tensor.dtype != torch.bool and not tensor.is_complex():
+            tensor = tensor.float()  # some trainers store alpha as an integer tensor: a number all the same
+        if not tensor.is_floating_point():
+            raise _open_error(path, f"tensor {key!r} is {str(tensor.dtype).replace('torch.', '')}; "
+                                    "LoRA tensors are floating point (the file is corrupt)")
+        if is_alpha and tensor.numel() != 1:
+            raise _open_error(path, f"tensor {key!r} has {tensor.numel()} values; an alpha is one number")
+        values = tensor.float() if tensor.element_size() == 1 else tensor  # fp8: isfinite needs a wider type
+        if not bool(torch.isfinite(values).all()):
+            raise _open_error(path, f"tensor {key!r} holds nan or inf values; the file is corrupt")
+
+
+def _checked(adapter: AdapterFile, path: Path) -> AdapterFile:
+    """Module-level facts no tensor shows alone: a positive finite alpha, a rank of at least 1."""
+    for name, module in adapter.modules.items():
+        if module.alpha is not None and not (math.isfinite(module.alpha) and module.alpha > 0):
+            raise _open_error(path, f"module {name} has alpha {module.alpha}; alpha must be a positive number")
+        if module.has_weight and isinstance(module, ModuleLora) and module.rank == 0:
+            raise _open_error(path, f"module {name} has rank 0 (empty lora_down/lora_up); the file is corrupt")
+    return adapter
 
 
 def _peft_config(path: Path) -> dict | None:
@@ -153,7 +184,8 @@ def to_state_dict(adapter: AdapterFile, dtype: torch.dtype = torch.float16) -> d
 
 
 def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "fp16", layout: str = "kohya") -> Path:
-    """Write ``adapter`` to ``path`` atomically (temp file + rename): a crash never leaves half a file.
+    """Write ``adapter`` to ``path`` atomically (temp file, fsync, rename): a crash never leaves half a file, and
+    a file already at ``path`` is kept as ``NAME.safetensors.bak`` (see ``safe_write``).
 
     ``layout`` is ``kohya`` (A1111, ComfyUI, kohya scripts) or ``diffusers`` (diffusers/PEFT
     names plus the alpha metadata diffusers reads, so the strength is the same everywhere).
@@ -170,15 +202,21 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     tensors, extra = serialize(adapter.modules, layout, SAVE_DTYPES[dtype])
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         save_file(tensors, str(tmp), metadata=metadata)
+        fsync_path(tmp)
         make_like_new_file(tmp)
+        keep_backup(path)
         os.replace(tmp, path)
-    except OSError as error:
+        fsync_path(path.parent)
+    except (OSError, SafetensorError) as error:
+        # safetensors reports a full disk or a read-only folder as its own error type, not OSError
+        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
         raise UserError(
-            f"could not write {path} ({error.strerror or error}); any earlier file there is unchanged. "
+            f"could not write {path} ({reason}); any earlier file there is unchanged. "
             "Free disk space or choose another output"
         ) from None
     finally:

@@ -23,12 +23,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters.file import read_adapter, write_adapter
+    from .outputs import check_output, replaced_note
     from .text import safe_text
 
+    existed = check_output(args.output, [args.input], flag="OUT")
     adapter = read_adapter(args.input)
     dtype = args.dtype or file_dtype(adapter)
     path = write_adapter(adapter, args.output, dtype=dtype, layout=args.format)
-    print(f"wrote {safe_text(path)} ({args.format} layout, {len(adapter.modules)} modules, {dtype})")
+    print(f"wrote {safe_text(path)} ({args.format} layout, {len(adapter.modules)} modules, {dtype}){replaced_note(path, existed)}")
     return 0
 
 

@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.tools import extract_difference
     from ..models.architecture import KOHYA_BASE_VERSION
     from ..models.loading import load_pipeline
+    from .outputs import check_output, replaced_note
     from .text import safe_text
 
+    existed = check_output(args.out, [args.base, args.tuned])
     base = pipeline_components(load_pipeline(args.base, allow_pickle=args.allow_pickle))
     tuned = pipeline_components(load_pipeline(args.tuned, allow_pickle=args.allow_pickle))
     adapter, report = extract_difference(base, tuned, args.rank, targets={"unet": args.targets, "text": args.text_targets})
@@ -51,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     for module in report.modules:
         print(f"  {module.name}: rank {module.rank}, relative error {module.relative_error:.3e}")
     path = write_adapter(adapter, args.out, dtype=args.dtype, layout=args.format)
-    print(f"wrote {safe_text(path)} ({len(adapter.modules)} modules; {report.summary()})")
+    print(f"wrote {safe_text(path)} ({len(adapter.modules)} modules; {report.summary()}){replaced_note(path, existed)}")
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# each input adds its rank to an exact merge: 200 inputs made a rank-1600 "LoRA" larger than the base's layers
+MAX_MERGE_INPUTS = 32
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -27,11 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.file import read_adapter, write_adapter
     from ..adapters.tools import merge_adapters_exact, merge_adapters_svd, refuse_dora
     from ..generation.engine import LoraChoice
+    from ..errors import UserError
+    from .outputs import check_output, replaced_note
     from .text import safe_text
 
+    choices = [LoraChoice.parse(spec) for spec in args.inputs]
+    if len(choices) > MAX_MERGE_INPUTS:
+        raise UserError(f"merge: {len(choices)} inputs; at most {MAX_MERGE_INPUTS} (merge in steps, or use --rank "
+                        "on each partial result)")
+    existed = check_output(args.out, [c.path for c in choices])
     inputs = []
-    for spec in args.inputs:
-        choice = LoraChoice.parse(spec)
+    for choice in choices:
         adapter = read_adapter(choice.path)
         refuse_dora(adapter, "merge", str(choice.path))
         inputs.append((adapter, choice.weight))
@@ -46,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         merged, report = merge_adapters_svd(inputs, args.rank)
         note = f"SVD to rank {args.rank}; {report.summary()}"
     path = write_adapter(merged, args.out, dtype=args.dtype, layout=args.format)
-    print(f"wrote {safe_text(path)} ({len(merged.modules)} modules; {note})")
+    print(f"wrote {safe_text(path)} ({len(merged.modules)} modules; {note}){replaced_note(path, existed)}")
     return 0

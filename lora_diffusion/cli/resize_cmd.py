@@ -29,8 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..adapters.file import read_adapter, write_adapter
     from ..adapters.tools import resize_adapter
+    from .outputs import check_output, replaced_note
     from .text import safe_text
 
+    existed = check_output(args.out, [args.input])
     adapter = read_adapter(args.input)
     resized, report = resize_adapter(adapter, rank=args.rank, keep_energy=args.keep_energy)
     path = write_adapter(resized, args.out, dtype=args.dtype, layout=args.format)
@@ -38,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         for module in report.modules:
             print(f"  {module.name}: rank {module.rank}, relative error {module.relative_error:.3e}")
     ranks = sorted({m.rank for m in report.modules})
-    print(f"wrote {safe_text(path)} (rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]}-{ranks[-1]}'}; {report.summary()})")
+    print(f"wrote {safe_text(path)} (rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]}-{ranks[-1]}'}; {report.summary()}){replaced_note(path, existed)}")
     return 0

@@ -9,8 +9,11 @@ base model costs. All weights 0 gives back the base weights bit for bit.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import math
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import torch
 from ..adapters.apply import apply_adapter, pipeline_components
 from ..adapters.file import read_adapter
 from ..errors import UserError
-from ..lora.inject import bare_while_merged, blend_adapters
+from ..lora.inject import adapter_names, bare_while_merged, blend_adapters, delete_adapter
 from ..models.loading import load_pipeline
 from .params import GenerationParams
 from .schedulers import make_scheduler
@@ -53,69 +56,141 @@ class LoraChoice:
         head, _, tail = path.rpartition(":")
         if head and not Path(path).exists() and (Path(head).exists() or head.lower().endswith(LORA_SUFFIXES)):
             raise UserError(f"--lora {spec!r}: the weight {tail!r} is not a number; write FILE:WEIGHT, e.g. {head}:0.8")
+        if not all(math.isfinite(n) for n in numbers):
+            raise UserError(f"--lora {spec!r}: weights must be finite numbers (not nan or inf), e.g. {path}:0.8")
         weight = numbers[0] if numbers else 1.0
         text_weight = numbers[1] if len(numbers) > 1 else None
         return cls(path, weight, text_weight)
 
 
 def file_key(path: str) -> str:
+    """Where a file is and which version of it: its resolved path, size and modification time."""
     stat = Path(path).stat()
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def short_hash(path: str) -> str:
     """A1111's 'Lora hashes' style: the first 12 hex digits of the file's sha256."""
+    return _sha256(path)[:12]
+
+
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
+
+
+def base_key(base: str) -> str:
+    """One key per base model, however it is spelled: ``builtin`` for the shipped base (by name or by its
+    folder), the resolved path for a local folder or file, the id itself for a hub id."""
+    if base == "builtin":
+        return base
+    path = Path(base).expanduser()
+    if not path.exists():
+        return base
+    resolved = path.resolve()
+    from ..models.builtin import builtin_path
+
+    return "builtin" if resolved == builtin_path().resolve() else str(resolved)
+
+
+@dataclass
+class _Loaded:
+    """An adapter held in a pipeline's layers: its layer name and the file it was last read from."""
+
+    name: str
+    path: str
 
 
 class GenerationEngine:
-    """Cached pipelines per base and cached adapters per file; thread use is the caller's to serialise."""
+    """Cached pipelines per base and cached adapters per file content; thread use is the caller's to serialise.
+
+    Both caches are bounded: at most ``MAX_PIPELINES`` bases (least recently used dropped) and ``MAX_ADAPTERS``
+    adapters per base; an adapter whose file is gone from the disk is dropped at the next request. Adapters are
+    keyed by content (sha256), so a renamed or copied file is not loaded twice."""
+
+    MAX_PIPELINES = 2
+    MAX_ADAPTERS = 16
+    _MAX_HASHES = 1024
 
     def __init__(self, device: str | None = None, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
         self.allow_pickle = allow_pickle
-        self._pipes: dict[str, object] = {}
-        self._adapters: dict[str, dict[str, str]] = {}  # base -> file key -> adapter name
+        self._pipes: OrderedDict[str, object] = OrderedDict()
+        self._adapters: dict[str, OrderedDict[str, _Loaded]] = {}  # base key -> content hash -> loaded adapter
+        self._hashes: OrderedDict[str, str] = OrderedDict()  # file_key -> sha256, so a file is hashed once
 
     def pipeline(self, base: str = "builtin"):
-        if base not in self._pipes:
-            self._pipes[base] = load_pipeline(base, dtype=self.dtype, device=self.device, allow_pickle=self.allow_pickle)
-            self._adapters[base] = {}
-        return self._pipes[base]
+        key = base_key(base)
+        if key not in self._pipes:
+            while len(self._pipes) >= self.MAX_PIPELINES:
+                dropped, _ = self._pipes.popitem(last=False)
+                self._adapters.pop(dropped, None)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            self._pipes[key] = load_pipeline(base, dtype=self.dtype, device=self.device, allow_pickle=self.allow_pickle)
+            self._adapters[key] = OrderedDict()
+        self._pipes.move_to_end(key)
+        return self._pipes[key]
+
+    def _content(self, path: str) -> str:
+        key = file_key(path)
+        if key not in self._hashes:
+            self._hashes[key] = _sha256(path)
+            while len(self._hashes) > self._MAX_HASHES:
+                self._hashes.popitem(last=False)
+        self._hashes.move_to_end(key)
+        return self._hashes[key]
 
     def set_loras(self, base: str, choices: list[LoraChoice]) -> list[tuple[str, LoraChoice]]:
-        """Make exactly ``choices`` active at their weights; returns (adapter name, choice) pairs."""
+        """Make exactly ``choices`` active at their weights; returns (adapter name, choice) pairs.
+
+        The blended weights depend on ``choices`` alone, never on earlier requests: changed layers are re-blended
+        from the pristine base weights, so the same request with the same seed gives the same image bit for bit."""
         pipe = self.pipeline(base)
         components = pipeline_components(pipe)
-        loaded = self._adapters[base]
+        loaded = self._adapters[base_key(base)]
         active: list[tuple[str, LoraChoice]] = []
         for choice in choices:
             if not Path(choice.path).is_file():
                 raise UserError(f"LoRA file not found: {choice.path}; check the --lora path")
-            key = file_key(choice.path)
-            if key not in loaded:
-                name = f"lora{len(loaded)}"
+            content = self._content(choice.path)
+            if content not in loaded:
+                name = f"lora_{content[:16]}"
                 apply_adapter(read_adapter(choice.path), components, name, weight=0.0, source=f"file {choice.path}")
-                loaded[key] = name
-            active.append((loaded[key], choice))
+                loaded[content] = _Loaded(name, choice.path)
+            loaded[content].path = choice.path
+            loaded.move_to_end(content)
+            active.append((loaded[content].name, choice))
+        self._evict(components, loaded, {name for name, _ in active})
         chosen = {name: choice for name, choice in active}
         for role, model in components.items():
             weights = {}
-            for name in loaded.values():
-                choice = chosen.get(name)
+            for entry in loaded.values():
+                choice = chosen.get(entry.name)
                 if choice is None:
-                    weights[name] = 0.0
+                    weights[entry.name] = 0.0
                 elif role == "unet" or choice.text_weight is None:
-                    weights[name] = choice.weight
+                    weights[entry.name] = choice.weight
                 else:
-                    weights[name] = choice.text_weight
-            blend_adapters(model, weights)  # baked in: sampling runs at base-model speed
+                    weights[entry.name] = choice.text_weight
+            blend_adapters(model, weights, exact=True)  # baked in: sampling runs at base-model speed
         return active
+
+    def _evict(self, components: dict, loaded: OrderedDict[str, _Loaded], keep: set[str]) -> None:
+        """Drop adapters whose file is gone, then the least recently used beyond ``MAX_ADAPTERS``."""
+        gone = [c for c, e in loaded.items() if e.name not in keep and not Path(e.path).is_file()]
+        spare = [c for c, e in loaded.items() if e.name not in keep and c not in gone]
+        excess = max(0, len(loaded) - len(gone) - self.MAX_ADAPTERS)
+        for content in gone + spare[:excess]:
+            name = loaded.pop(content).name
+            for model in components.values():
+                if name in adapter_names(model):
+                    delete_adapter(model, name)
 
     @torch.no_grad()
     def generate(self, prompt: str, *, base: str = "builtin", loras: list[LoraChoice] = (), negative_prompt: str = "",

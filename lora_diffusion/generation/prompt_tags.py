@@ -7,6 +7,7 @@ weights apart; ``<lora:NAME>`` means weight 1. The tags are taken out of the tex
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ def split_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
             values = [float(n) for n in numbers]
         except ValueError:
             raise UserError(f"prompt tag {match.group(0)}: weights must be numbers, e.g. <lora:{name}:0.8>") from None
+        if not all(math.isfinite(v) for v in values):
+            raise UserError(f"prompt tag {match.group(0)}: weights must be finite numbers (not nan or inf), "
+                            f"e.g. <lora:{name}:0.8>")
         tags.append(LoraTag(name, values[0] if values else 1.0, values[1] if len(values) > 1 else None))
     text = TAG.sub("", prompt)
     return re.sub(r"\s{2,}", " ", text).strip().strip(",").strip(), tags

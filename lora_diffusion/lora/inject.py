@@ -146,14 +146,15 @@ def merge_adapters(model: nn.Module) -> None:
         layer.merge(fresh=True)
 
 
-def blend_adapters(model: nn.Module, weights: dict[str, float]) -> None:
+def blend_adapters(model: nn.Module, weights: dict[str, float], *, exact: bool = False) -> None:
     """Set runtime weights (adapters not named keep theirs) and bake the blend in: the fast path
-    for moving sliders, one walk over the model and only the changed adapters' low-rank updates."""
+    for moving sliders, one walk over the model and only the changed adapters' low-rank updates.
+    ``exact=True`` re-blends changed layers from W0 instead, so the result depends on ``weights`` only."""
     for layer in lora_layers(model).values():
         for name, weight in weights.items():
             if name in layer.rank:
                 layer.set_weight(name, weight)
-        layer.merge()
+        layer.merge(exact=exact)
 
 
 @contextmanager

@@ -239,7 +239,7 @@ class LoraLayer(nn.Module):
         return self._pristine is not None
 
     @torch.no_grad()
-    def merge(self, fresh: bool = False) -> None:
+    def merge(self, fresh: bool = False, exact: bool = False) -> None:
         """Bake the current weights of all adapters into the base tensors.
 
         ``fresh=True`` always re-blends from W0 (needed after A/B themselves changed,
@@ -251,8 +251,12 @@ class LoraLayer(nn.Module):
         (fp16/bf16) weights, and whenever the layer is first merged, the blend is recomputed
         from the pristine W0, so rounding never builds up. All weights 0 copies W0 back,
         bit for bit. Forward stays correct whether merged or not.
+
+        ``exact=True`` never takes the incremental path: the blended weight is then a function of the current
+        weights alone (W0 plus the active adapters in name order), whatever was blended before — what a seed
+        needs to reproduce an image bit for bit.
         """
-        active = {n: w for n in self.rank if (w := self.effective_weight(n)) != 0.0}
+        active = {n: w for n in sorted(self.rank) if (w := self.effective_weight(n)) != 0.0}
         if self._pristine is not None and active == self._merged and not fresh:
             return
         weight = self.base_layer.weight
@@ -264,7 +268,7 @@ class LoraLayer(nn.Module):
             self._pristine = (weight.detach().clone(), None if bias is None else bias.detach().clone())
         w0, b0 = self._pristine
         incremental = (
-            not fresh and bool(self._merged) and bool(active) and self._updates < self.REBLEND_EVERY
+            not fresh and not exact and bool(self._merged) and bool(active) and self._updates < self.REBLEND_EVERY
             and weight.dtype == torch.float32 and weight.is_contiguous()
         )
         if incremental:

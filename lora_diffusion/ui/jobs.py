@@ -22,6 +22,9 @@ from .library import LoraLibrary
 
 MAX_UPLOAD_FILES = 2000
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # a zip may not expand beyond this (zip-bomb guard)
+MAX_ZIP_RATIO = 100  # unpacked/packed above this (and MIN_SUSPECT_BYTES) is filler, not images
+MIN_SUSPECT_BYTES = 16 * 1024**2
+DISK_RESERVE_BYTES = 1024**3  # an upload never leaves less than this free on the disk
 CAPTION_SUFFIXES = {".txt", ".caption"}
 
 
@@ -61,8 +64,18 @@ def _unzip(source: Path, target: Path) -> None:
     try:
         with zipfile.ZipFile(source) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
+            unpacked = sum(m.file_size for m in members)
+            if unpacked > MAX_UNZIPPED_BYTES:
                 raise UserError(f"{source.name}: unpacks to more than {MAX_UNZIPPED_BYTES // 1024**3} GB; upload fewer images")
+            packed = sum(m.compress_size for m in members)
+            if unpacked > MIN_SUSPECT_BYTES and unpacked > MAX_ZIP_RATIO * max(packed, 1):
+                # images hardly compress (PNG and JPEG are compressed already): 100:1 is filler, not photos
+                raise UserError(f"{source.name}: unpacks {unpacked // packed if packed else unpacked}× larger than it is; "
+                                "that is not a zip of images (zip the image files themselves)")
+            free = shutil.disk_usage(target).free
+            if unpacked > free - DISK_RESERVE_BYTES:
+                raise UserError(f"{source.name}: unpacks to {unpacked / 1e9:.1f} GB but the disk has "
+                                f"{max(free - DISK_RESERVE_BYTES, 0) / 1e9:.1f} GB to spare; free some space first")
             for member in members:
                 name = Path(member.filename.replace("\\", "/")).name
                 suffix = Path(name).suffix.lower()
@@ -100,10 +113,12 @@ class TrainingJob:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # held from the busy check until the thread runs, so two starts cannot both pass the check
+        self._starting = threading.Lock()
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._starting.locked() or (self._thread is not None and self._thread.is_alive())
 
     def snapshot(self) -> JobState:
         with self._lock:
@@ -116,9 +131,20 @@ class TrainingJob:
         return state
 
     def start(self, name: str, cfg: TrainConfig, uploads: list[str], folder: str) -> None:
-        """Validate everything, then train in the background; errors before the start raise UserError."""
-        if self.busy:
-            raise UserError("a training run is already going; wait for it or press Stop")
+        """Validate everything, then train in the background; errors before the start raise UserError.
+
+        Two starts at once (two tabs, two clients) give one run and one refusal: the slot is taken before the
+        uploads are copied, not after."""
+        if not self._starting.acquire(blocking=False):
+            raise UserError("a training run is already starting; wait for it or press Stop")
+        try:
+            if self._thread is not None and self._thread.is_alive():
+                raise UserError("a training run is already going; wait for it or press Stop")
+            self._start_locked(name, cfg, uploads, folder)
+        finally:
+            self._starting.release()
+
+    def _start_locked(self, name: str, cfg: TrainConfig, uploads: list[str], folder: str) -> None:
         final = self.library.path(name, must_exist=False)
         if final.exists():
             raise UserError(f"a LoRA named {final.stem!r} already exists; choose another name")
@@ -178,6 +204,11 @@ class TrainingJob:
         except Exception as error:  # noqa: BLE001 - the page shows a message, the log keeps the trace
             traceback.print_exc()
             self._fail(f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        finally:
+            # the uploads were copied for this run only: each run left hundreds of MB behind
+            uploaded = Path(cfg.output).parent / "data"
+            if Path(cfg.data) == uploaded:
+                shutil.rmtree(uploaded, ignore_errors=True)
 
     def _fail(self, message: str) -> None:
         with self._lock:

@@ -45,6 +45,10 @@ class LoraLibrary:
         name = (name or "").strip()
         if name.lower().endswith(".safetensors"):
             name = name[: -len(".safetensors")]
+        if name.lower().endswith(".safetensors"):
+            # NAME.safetensors.safetensors would list as NAME.safetensors, which resolves to a file that is not there
+            raise UserError(f"LoRA name {name + '.safetensors'!r} ends in .safetensors twice; give the name once, "
+                            f"e.g. {name[: -len('.safetensors')] or 'style'!r}")
         if not _NAME.match(name) or ".." in name:
             raise UserError(
                 f"LoRA name {name!r} is not allowed; use letters, digits, spaces and _ - . ( ) + "
@@ -62,7 +66,9 @@ class LoraLibrary:
         return path
 
     def names(self) -> list[str]:
-        return sorted(p.stem for p in self.folder.glob("*.safetensors") if p.is_file() and _NAME.match(p.stem))
+        """The library's LoRAs; files whose names no request could address (made by hand) are left out."""
+        return sorted(p.stem for p in self.folder.glob("*.safetensors")
+                      if p.is_file() and _NAME.match(p.stem) and not p.stem.lower().endswith(".safetensors"))
 
     def entry(self, name: str) -> LoraEntry:
         from ..adapters.summary import describe
