@@ -289,3 +289,166 @@ def test_uploaded_training_data_is_removed_after_the_run(tmp_path, monkeypatch):
     job.wait()
     assert job.snapshot().status == "failed"
     assert not (tmp_path / "loras" / ".training" / "style" / "data").exists()
+
+
+# ---- generation engine caches and exact blends (items 4, 12) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def builtin_loras(tmp_path_factory):
+    from ui_helpers import builtin_loras as make
+
+    return make(tmp_path_factory.mktemp("hostile") / "loras")
+
+
+def test_every_spelling_of_a_base_shares_one_pipeline_and_the_cache_is_bounded(tmp_path, monkeypatch):
+    import os
+
+    from lora_diffusion.generation import engine as engine_module
+    from lora_diffusion.models.builtin import builtin_path
+
+    loads = []
+    monkeypatch.setattr(engine_module, "load_pipeline", lambda base, **kw: loads.append(base) or object())
+    engine = engine_module.GenerationEngine(device="cpu")
+    folder = builtin_path()
+    spellings = ["builtin", str(folder), str(folder) + "/", str(folder / ".." / "model"),
+                 os.path.relpath(folder), str(folder / "unet" / "..")]
+    for spelling in spellings:
+        engine.pipeline(spelling)
+    assert loads == ["builtin"]
+    for other in ("a", "b", "c"):
+        (tmp_path / other).mkdir()
+        engine.pipeline(str(tmp_path / other))
+    assert len(engine._pipes) == engine.MAX_PIPELINES and len(engine._adapters) == engine.MAX_PIPELINES
+
+
+def test_a_renamed_lora_is_not_loaded_again_and_a_deleted_one_is_dropped(tmp_path, builtin_loras, monkeypatch):
+    import shutil
+
+    from lora_diffusion import adapter_names
+    from lora_diffusion.generation import engine as engine_module
+
+    reads = []
+    real_read = engine_module.read_adapter
+    monkeypatch.setattr(engine_module, "read_adapter", lambda p: reads.append(p) or real_read(p))
+    engine = engine_module.GenerationEngine(device="cpu")
+    first = tmp_path / "one.safetensors"
+    shutil.copyfile(builtin_loras / "bold.safetensors", first)
+    choice = engine_module.LoraChoice
+    engine.set_loras("builtin", [choice(str(first), 0.5)])
+    renamed = first.rename(tmp_path / "two.safetensors")
+    engine.set_loras("builtin", [choice(str(renamed), 0.5)])
+    assert len(reads) == 1
+    other = builtin_loras / "sepia-ish.safetensors"
+    engine.set_loras("builtin", [choice(str(other), 1.0)])
+    renamed.unlink()
+    engine.set_loras("builtin", [choice(str(other), 1.0)])
+    unet = engine.pipeline("builtin").unet
+    assert len(adapter_names(unet)) == 1 and len(engine._adapters["builtin"]) == 1
+
+
+def test_the_adapter_cache_keeps_at_most_max_adapters(tmp_path, builtin_loras, monkeypatch):
+    from lora_diffusion import read_adapter, write_adapter
+    from lora_diffusion.generation.engine import GenerationEngine, LoraChoice
+    from lora_diffusion.lora.inject import adapter_names
+
+    monkeypatch.setattr(GenerationEngine, "MAX_ADAPTERS", 2)
+    engine = GenerationEngine(device="cpu")
+    adapter = read_adapter(builtin_loras / "bold.safetensors")
+    for i in range(4):
+        adapter.metadata["copy"] = str(i)  # another content, the same tensors
+        copy = write_adapter(adapter, tmp_path / f"c{i}.safetensors")
+        engine.set_loras("builtin", [LoraChoice(str(copy), 1.0)])
+    assert len(adapter_names(engine.pipeline("builtin").unet)) == 2
+
+
+def test_the_same_request_gives_the_same_image_whatever_came_before(builtin_loras):
+    import numpy as np
+
+    from lora_diffusion.generation.engine import GenerationEngine, LoraChoice
+
+    bold, sepia = str(builtin_loras / "bold.safetensors"), str(builtin_loras / "sepia-ish.safetensors")
+    request = dict(base="builtin", seed=3, steps=2, width=64, height=64,
+                   loras=[LoraChoice(bold, 0.7), LoraChoice(sepia, 0.3)])
+    fresh = GenerationEngine(device="cpu").generate("a red circle", **request)[0][0]
+    busy = GenerationEngine(device="cpu")
+    for weights in [(1.9, -0.8), (0.1, 1.3), (-1.0, 0.0), (0.69, 0.31)]:
+        busy.set_loras("builtin", [LoraChoice(bold, weights[0]), LoraChoice(sepia, weights[1])])
+    again = busy.generate("a red circle", **request)[0][0]
+    assert np.array_equal(np.asarray(fresh), np.asarray(again))
+
+
+# ---- outputs: never an input, never lost, errors reported (items 8, 9) -------------------------------------------
+def test_merge_refuses_an_output_that_is_one_of_its_inputs(tmp_path, builtin_loras, capsys):
+    import shutil
+
+    from lora_diffusion.cli.main import main
+
+    v = tmp_path / "v.safetensors"
+    shutil.copyfile(builtin_loras / "bold.safetensors", v)
+    before = v.read_bytes()
+    assert main(["merge", f"{v}:1", str(builtin_loras / "sepia-ish.safetensors"), "--out", str(v)]) == 2
+    assert f"--out {v} is also an input; write to a new file" in capsys.readouterr().err
+    assert v.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["merge", "resize", "convert"])
+def test_an_existing_output_is_replaced_and_kept_as_bak(tmp_path, builtin_loras, capsys, command):
+    from lora_diffusion.cli.main import main
+
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"the user's earlier result")
+    source = str(builtin_loras / "bold.safetensors")
+    args = {"merge": ["merge", f"{source}:0.5", "--out", str(out)],
+            "resize": ["resize", source, "--rank", "2", "--out", str(out)],
+            "convert": ["convert", source, str(out), "--format", "diffusers"]}[command]
+    assert main(args) == 0
+    assert "the file it replaced is kept as out.safetensors.bak" in capsys.readouterr().out
+    assert (tmp_path / "out.safetensors.bak").read_bytes() == b"the user's earlier result"
+    from lora_diffusion import read_adapter
+
+    assert read_adapter(out).modules
+
+
+def test_a_write_error_from_safetensors_is_one_line_and_keeps_the_earlier_file(tmp_path, builtin_loras, monkeypatch):
+    from safetensors import SafetensorError
+
+    from lora_diffusion import read_adapter, write_adapter
+    from lora_diffusion.adapters import file as file_module
+    from lora_diffusion.errors import UserError
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    out = tmp_path / "x.safetensors"
+    out.write_bytes(b"earlier")
+    monkeypatch.setattr(file_module, "save_file", full_disk)
+    with pytest.raises(UserError, match=r"^could not write .*x\.safetensors \(Error while serializing: IoError.*\); "
+                                        r"any earlier file there is unchanged"):
+        write_adapter(read_adapter(builtin_loras / "bold.safetensors"), out)
+    assert out.read_bytes() == b"earlier" and not list(tmp_path.glob(".x.safetensors.tmp-*"))
+
+
+def test_an_output_under_a_file_is_a_clear_error(tmp_path, builtin_loras, capsys):
+    from lora_diffusion.cli.main import main
+
+    (tmp_path / "file.txt").write_text("not a folder")
+    out = tmp_path / "file.txt" / "sub" / "x.safetensors"
+    assert main(["merge", str(builtin_loras / "bold.safetensors"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: could not write {out} (") and "\n" not in err
+
+
+def test_temporary_files_of_killed_writers_are_cleaned_up(tmp_path, builtin_loras):
+    from lora_diffusion import read_adapter, write_adapter
+
+    dead = tmp_path / ".x.safetensors.tmp-999999999"  # no such process
+    dead.write_bytes(b"half a file")
+    write_adapter(read_adapter(builtin_loras / "bold.safetensors"), tmp_path / "x.safetensors")
+    assert not dead.exists() and (tmp_path / "x.safetensors").is_file()
+
+
+def test_merge_takes_at_most_32_inputs(tmp_path, builtin_loras, capsys):
+    from lora_diffusion.cli.main import main
+
+    specs = [str(builtin_loras / "bold.safetensors")] * 33
+    assert main(["merge", *specs, "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "merge: 33 inputs; at most 32" in capsys.readouterr().err
