@@ -20,9 +20,11 @@ from lora_diffusion.models.tiny import tiny_pipeline
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # attention, resnet blocks and conv_in/conv_out of the UNet, attention of the text encoder: linears,
-# 1×1 and 3×3 convs (LyCORIS's own "full" preset names time_embedding twice on a diffusers UNet)
+# 1×1 and 3×3 convs (LyCORIS's own "full" preset names time_embedding twice on a diffusers UNet). LyCORIS matches
+# class names exactly: transformers 4.x builds CLIPSdpaAttention where 5.x builds CLIPAttention.
 PRESET = {"enable_conv": True, "unet_target_module": ["Transformer2DModel", "ResnetBlock2D"],
-          "unet_target_name": ["conv_in", "conv_out"], "text_encoder_target_module": ["CLIPAttention"],
+          "unet_target_name": ["conv_in", "conv_out"],
+          "text_encoder_target_module": ["CLIPAttention", "CLIPSdpaAttention"],
           "text_encoder_target_name": []}
 
 CASES = {
