@@ -452,3 +452,58 @@ def test_merge_takes_at_most_32_inputs(tmp_path, builtin_loras, capsys):
     specs = [str(builtin_loras / "bold.safetensors")] * 33
     assert main(["merge", *specs, "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "merge: 33 inputs; at most 32" in capsys.readouterr().err
+
+
+# ---- odd request values (item 10) --------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [99999999999999999999, float("inf"), float("nan"), 2**32, 1.5, "abc"])
+def test_an_odd_seed_is_one_line_naming_the_field(seed):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.generation.engine import check_seed
+
+    with pytest.raises(UserError, match=r"^Seed .*(give a whole number from 0 to 4294967295|is not a number)"):
+        check_seed(seed, "Seed")
+    assert check_seed(-1, "Seed") is None and check_seed(7.0, "Seed") == 7
+
+
+def test_compare_refuses_a_huge_seed_in_one_line(builtin_loras, tmp_path):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.ui.app import UiState
+
+    state = UiState(str(builtin_loras), out_dir=str(tmp_path / "out"), device="cpu")
+    with pytest.raises(UserError, match=r"^Seed 1e\+20: give a whole number"):
+        state.compare("builtin", "a cat", "", 1e20, 2, 5.0, 64, 64, "Euler", "bold", "0,1", "seeds", "", "")
+    with pytest.raises(UserError, match=r"Compare seeds '1,99999999999999999999': seeds are whole numbers from 0"):
+        state.compare("builtin", "a cat", "", 1, 2, 5.0, 64, 64, "Euler", "bold", "0,1", "seeds",
+                      "1,99999999999999999999", "")
+
+
+def test_requests_beyond_the_bounds_are_refused_before_any_work():
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.generation.engine import GenerationEngine
+
+    engine = GenerationEngine(device="cpu")
+    with pytest.raises(UserError, match=r"--steps must be 1 to 1000 and --num-images 1 to 64, got 100000 and 1"):
+        engine.generate("x", steps=100_000)
+    with pytest.raises(UserError, match=r"multiples of 8 from 8 to 4096, got 65536x64"):
+        engine.generate("x", steps=1, width=65536, height=64)
+    assert not engine._pipes or list(engine._pipes) == ["builtin"]
+
+
+def test_tag_counts_that_are_not_numbers_are_skipped():
+    from lora_diffusion.ui.library import trigger_words
+
+    info = {"metadata": {"ss_tag_frequency": '{"set": {"cat": "3", "dog": "many", "sun": 2.5, "x": null, '
+                                              '"y": true, "z": "inf"}}'}}
+    assert trigger_words(info) == ["cat", "sun"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("Steps: many", "PNG parameters: Steps 'many' is not a number"),
+    ("Size: 64", "PNG parameters: Size '64' is not WIDTHxHEIGHT"),
+    ("CFG scale: nan", "PNG parameters: CFG scale 'nan' is not a finite number"),
+])
+def test_bad_numbers_in_png_parameters_are_one_line(line, message):
+    from lora_diffusion.errors import UserError
+
+    with pytest.raises(UserError, match=f"^{message}$"):
+        GenerationParams.from_text(f"a cat\n{line}")

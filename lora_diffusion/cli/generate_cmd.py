@@ -94,6 +94,8 @@ def _fill_from_png(args: argparse.Namespace) -> None:
         params = read_png_params(path)
     except FileNotFoundError:
         raise UserError(f"--from-png {path}: file not found; check the path") from None
+    except UserError as error:
+        raise UserError(f"--from-png {path}: {error}") from None
     except KeyError:
         raise UserError(f"--from-png {path}: no generation parameters in this PNG (A1111 'parameters' text)") from None
     except Exception as error:  # noqa: BLE001 - PIL raises many types for non-PNG files

@@ -29,6 +29,22 @@ from .schedulers import make_scheduler
 
 
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+# a request's cost is bounded whoever sends it (the web UI serves strangers too)
+MAX_STEPS, MAX_IMAGES, MAX_SIDE = 1000, 64, 4096
+MAX_SEED = 2**32 - 1  # A1111's range; a batch uses seed + i, which stays far inside torch's 64-bit generator
+
+
+def check_seed(seed: object, what: str = "--seed") -> int | None:
+    """A seed as an int (None or a negative number: random), or one error line naming ``what``."""
+    if seed is None:
+        return None
+    try:
+        value = float(seed)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {seed!r} is not a number; give a whole number from 0 to {MAX_SEED}, or -1") from None
+    if not math.isfinite(value) or value != int(value) or value > MAX_SEED:
+        raise UserError(f"{what} {seed!r}: give a whole number from 0 to {MAX_SEED}, or -1 for a random seed")
+    return None if value < 0 else int(value)
 
 
 @dataclass(frozen=True)
@@ -197,16 +213,18 @@ class GenerationEngine:
                  seed: int | None = None, steps: int = 20, guidance: float = 5.0, width: int | None = None,
                  height: int | None = None, num_images: int = 1, scheduler: str = "DPM++ 2M"):
         """Images and their parameters; image i uses seed + i (as A1111 does for a batch)."""
-        if steps < 1 or num_images < 1:
-            raise UserError("--steps and --num-images must be at least 1")
+        if not (1 <= steps <= MAX_STEPS and 1 <= num_images <= MAX_IMAGES):
+            raise UserError(f"--steps must be 1 to {MAX_STEPS} and --num-images 1 to {MAX_IMAGES}, "
+                            f"got {steps} and {num_images}")
         pipe = self.pipeline(base)
         active = self.set_loras(base, list(loras))
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
         width, height = width or native, height or native
-        if width % 8 or height % 8:
-            raise UserError(f"--width and --height must be multiples of 8, got {width}x{height}")
+        if width % 8 or height % 8 or not (8 <= width <= MAX_SIDE and 8 <= height <= MAX_SIDE):
+            raise UserError(f"--width and --height must be multiples of 8 from 8 to {MAX_SIDE}, got {width}x{height}")
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-        seed = random.randrange(2**32) if seed is None else int(seed)
+        seed = check_seed(seed)
+        seed = random.randrange(MAX_SEED + 1) if seed is None else seed
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
         with contextlib.ExitStack() as stack:
             for model in pipeline_components(pipe).values():
@@ -231,4 +249,4 @@ def next_index(folder: Path) -> int:
     return max(existing, default=-1) + 1
 
 
-__all__ = ["GenerationEngine", "LoraChoice", "next_index", "short_hash"]
+__all__ = ["MAX_SEED", "GenerationEngine", "LoraChoice", "check_seed", "next_index", "short_hash"]

@@ -4,6 +4,7 @@ down a column; the engine re-weights in place, so no file is read twice."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import UserError
-from .engine import GenerationEngine, LoraChoice
+from .engine import MAX_SEED, GenerationEngine, LoraChoice
 from .params import GenerationParams
 
 LABEL_PX = 24  # height of the column-label band; row labels get a band of 4x this width
@@ -26,11 +27,16 @@ class Column:
 
 
 def parse_numbers(text: str, what: str, kind=float) -> list:
-    """Comma-separated numbers (``0,0.5,1``), or one error line naming ``what`` (a flag or a UI field)."""
+    """Comma-separated numbers (``0,0.5,1``), or one error line naming ``what`` (a flag or a UI field); with
+    ``kind=int`` they are seeds, each in ``0..MAX_SEED``."""
     try:
         values = [kind(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{what} {text!r}: write comma-separated numbers, e.g. {what} 0,0.5,1") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{what} {text!r}: numbers must be finite (not nan or inf)")
+    if kind is int and not all(0 <= v <= MAX_SEED for v in values):
+        raise UserError(f"{what} {text!r}: seeds are whole numbers from 0 to {MAX_SEED}")
     if not values:
         raise UserError(f"{what} is empty; write comma-separated numbers, e.g. {what} 0,0.5,1")
     return values

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from ..errors import UserError
 
 
 @dataclass
@@ -52,13 +55,28 @@ class GenerationParams:
         loras = [(m.group(1), float(m.group(2))) for m in _LORA_WITH_WEIGHT.finditer(prompt)]
         prompt = _strip_lora_tags(prompt)
         values = settings_values(settings_line)
-        width, height = (int(v) for v in values.get("Size", "512x512").split("x"))
+        size = values.get("Size", "512x512").split("x")
+        if len(size) != 2:
+            raise UserError(f"PNG parameters: Size {values['Size']!r} is not WIDTHxHEIGHT")
         return cls(
-            prompt=prompt, negative_prompt=negative, steps=int(values.get("Steps", 20)),
-            sampler=values.get("Sampler", ""), cfg_scale=float(values.get("CFG scale", 5.0)),
-            seed=int(values.get("Seed", 0)), width=width, height=height,
-            model=_unquote(values.get("Model", "")), loras=loras,
+            prompt=prompt, negative_prompt=negative, steps=_field(values, "Steps", 20, int),
+            sampler=values.get("Sampler", ""), cfg_scale=_field(values, "CFG scale", 5.0, float),
+            seed=_field(values, "Seed", 0, int), width=_field({"Size": size[0]}, "Size", 512, int),
+            height=_field({"Size": size[1]}, "Size", 512, int), model=_unquote(values.get("Model", "")), loras=loras,
         )
+
+
+def _field(values: dict[str, str], key: str, default, kind):
+    """One number of the settings line, or one error line naming the field."""
+    if key not in values:
+        return default
+    try:
+        number = kind(values[key].strip())
+    except ValueError:
+        raise UserError(f"PNG parameters: {key} {values[key][:40]!r} is not a number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise UserError(f"PNG parameters: {key} {values[key][:40]!r} is not a finite number")
+    return number
 
 
 # '<' is excluded inside a tag so that each match attempt stops at the next tag's start: linear on any text

@@ -72,6 +72,8 @@ class UiState:
             raise UserError("drop a PNG made by lora-diffusion or A1111 first")
         try:
             params = read_png_params(Path(path))
+        except UserError as error:
+            raise UserError(f"{Path(path).name}: {error}") from None
         except KeyError:
             raise UserError(f"{Path(path).name}: no generation parameters in this PNG") from None
         except Exception as error:  # noqa: BLE001 - PIL raises many types for non-PNG files
@@ -86,7 +88,7 @@ class UiState:
     # ---- generate ---------------------------------------------------------------------------
     def generate(self, base: str, prompt: str, negative: str, seed: float, steps: float, guidance: float,
                  width: float, height: float, scheduler: str, num_images: float, slots: list) -> tuple[list, str]:
-        from ..generation.engine import LoraChoice, next_index
+        from ..generation.engine import LoraChoice, check_seed, next_index
         from ..generation.params import save_png
         from ..generation.prompt_tags import split_lora_tags
 
@@ -97,7 +99,7 @@ class UiState:
         for enabled, name, weight in zip(slots[0::3], slots[1::3], slots[2::3]):
             if enabled and name:
                 choices.append(LoraChoice(str(self.library.path(name)), float(weight)))
-        seed = None if seed is None or int(seed) < 0 else int(seed)
+        seed = check_seed(seed, "Seed")
         with self.engine_lock:
             results = self.engine.generate(
                 prompt, base=base or "builtin", loras=choices, negative_prompt=negative or "", seed=seed,
@@ -115,7 +117,7 @@ class UiState:
                 height: float, scheduler: str, lora: str, weights: str, kind: str, values: str, lora2: str) -> tuple[str, str]:
         """A1111's X/Y plot: rows = ``weights`` of ``lora``; columns = seeds, prompts (one per line) or the
         weights of ``lora2``. Returns the grid PNG's path (saved in the outputs folder) and a summary."""
-        from ..generation.engine import LoraChoice
+        from ..generation.engine import LoraChoice, check_seed
         from ..generation.grid import grid_columns, parse_numbers, save_grid, weight_grid
         from ..generation.prompt_tags import split_lora_tags
 
@@ -125,7 +127,7 @@ class UiState:
             raise UserError("write a prompt first")
         prompt, _ = split_lora_tags(prompt)
         row_weights = parse_numbers(weights, "Compare weights")
-        first_seed = 0 if seed is None or int(seed) < 0 else int(seed)
+        first_seed = check_seed(seed, "Seed") or 0
         if kind == "seeds":
             columns = grid_columns(prompt, parse_numbers(values or str(first_seed), "Compare seeds", int))
         elif kind == "prompts":

@@ -7,6 +7,7 @@ before any file is touched. Writes go through a temporary file and a rename.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -151,9 +152,22 @@ def trigger_words(info: dict, limit: int = 8) -> list[str]:
         counts: dict[str, int] = {}
         for tags in frequency.values() if isinstance(frequency, dict) else []:
             for tag, count in (tags.items() if isinstance(tags, dict) else []):
-                counts[str(tag).strip()] = counts.get(str(tag).strip(), 0) + int(count)
+                number = _count(count)
+                if number is not None:  # a file from elsewhere may hold anything here: skip what is not a count
+                    counts[str(tag).strip()] = counts.get(str(tag).strip(), 0) + number
         words = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if t]
     return words[:limit]
+
+
+def _count(value: object) -> int | None:
+    """A tag count as an int, or None when it is not a finite number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) else None
 
 
 def loss_curve(info: dict) -> list[tuple[int, float]]:
