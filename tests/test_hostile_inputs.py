@@ -288,6 +288,7 @@ def test_uploaded_training_data_is_removed_after_the_run(tmp_path, monkeypatch):
     job.start("style", TrainConfig(), [str(upload)], "")
     job.wait()
     assert job.snapshot().status == "failed"
+    assert not (tmp_path / "loras" / ".training-uploads" / "style").exists()
     assert not (tmp_path / "loras" / ".training" / "style" / "data").exists()
 
 
@@ -507,3 +508,52 @@ def test_bad_numbers_in_png_parameters_are_one_line(line, message):
 
     with pytest.raises(UserError, match=f"^{message}$"):
         GenerationParams.from_text(f"a cat\n{line}")
+
+
+# ---- serving others (item 7) -------------------------------------------------------------------------------------
+def test_a_public_bind_without_auth_warns_and_never_serves_uploads(tmp_path, builtin_loras, monkeypatch, capsys):
+    import gradio as gr
+
+    from lora_diffusion.ui.app import launch
+
+    seen = {}
+
+    def fake_launch(self, **kwargs):  # no socket: the test checks what would be served
+        seen.update(kwargs)
+        return None, "http://0.0.0.0:7860/", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    launch(str(builtin_loras), host="0.0.0.0", out_dir=str(tmp_path / "out"), block=False)
+    err = capsys.readouterr().err
+    assert "WARNING: the UI is reachable from other machines (--host 0.0.0.0) with no login" in err
+    assert "bases are confined to builtin, --base and --models-dir" in err
+    uploads = builtin_loras / ".training-uploads"
+    from pathlib import Path
+
+    served = [Path(p).resolve() for p in seen["allowed_paths"]]
+    assert all(p != uploads.resolve() and p not in uploads.resolve().parents for p in served)
+    launch(str(builtin_loras), host="127.0.0.1", out_dir=str(tmp_path / "out"), block=False)
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_a_confined_server_names_no_path_it_does_not_offer(tmp_path, builtin_loras):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.ui.app import UiState
+
+    state = UiState(str(builtin_loras), out_dir=str(tmp_path / "out"), device="cpu", confine_paths=True,
+                    data_dir=str(tmp_path / "data"))
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    messages = set()
+    for base in ("/etc", "/no/such/folder", str(tmp_path)):
+        with pytest.raises(UserError) as error:
+            state.checked_base(base)
+        messages.add(str(error.value).replace(repr(base), "BASE"))
+    assert len(messages) == 1  # the same words whether the path exists or not
+    assert state.checked_base("builtin") == "builtin"
+    with pytest.raises(UserError, match="is not offered by this server; upload the images instead"):
+        state.checked_folder("/etc")
+    with pytest.raises(UserError, match="is not offered by this server"):
+        state.checked_folder(str(tmp_path / "data" / ".." / "out"))
+    assert state.checked_folder(str(tmp_path / "data" / "cats")) == str(tmp_path / "data" / "cats")
+    open_state = UiState(str(builtin_loras), out_dir=str(tmp_path / "out"), device="cpu")
+    assert open_state.checked_base(str(tmp_path)) == str(tmp_path)  # a local-only UI takes any path

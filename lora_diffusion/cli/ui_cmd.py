@@ -20,6 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login")
     parser.add_argument("--dtype", default="auto", help="generation precision: auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder whose subfolders the page may train on when others can reach the UI")
+    parser.add_argument("--allow-any-path", action="store_true",
+                        help="let the page name any base or folder on the server even when others can reach it")
     parser.set_defaults(run=run)
     return parser
 
@@ -31,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1-65535)")
     launch(args.lora_dir, base=args.base, host=args.host, port=args.port, auth=args.auth,
-           models_dir=args.models_dir, out_dir=args.out, share=args.share, dtype=args.dtype)
+           models_dir=args.models_dir, out_dir=args.out, share=args.share, dtype=args.dtype,
+           data_dir=args.data_dir, allow_any_path=args.allow_any_path)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 from pathlib import Path
 
@@ -34,7 +35,8 @@ class UiState:
     """What the page's callbacks share: library, engine (behind a lock), training job, folders."""
 
     def __init__(self, lora_dir: str, base: str = "builtin", models_dir: str | None = None,
-                 out_dir: str | None = None, device: str | None = None, dtype: str = "auto"):
+                 out_dir: str | None = None, device: str | None = None, dtype: str = "auto",
+                 confine_paths: bool = False, data_dir: str | None = None):
         import torch
 
         from ..generation.engine import GenerationEngine
@@ -49,6 +51,29 @@ class UiState:
         self.engine = GenerationEngine(device=device, dtype=generation_dtype(dtype, device))
         self.engine_lock = threading.Lock()  # the engine re-blends weights in place: one request at a time
         self.job = TrainingJob(self.library)
+        # served beyond this machine: bases and data folders typed into the page must be ones the server offers
+        self.confine_paths = confine_paths
+        self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+
+    def checked_base(self, base: str | None) -> str:
+        """The base a request names, if this server offers it (any base when paths are not confined)."""
+        base = base or self.default_base
+        if self.confine_paths and base not in self.base_choices():
+            # the same words whether or not the path exists: errors must not map the server's disk
+            raise UserError(f"base {base!r} is not offered by this server; choose one from the list (the server "
+                            "confines bases to builtin, --base and --models-dir while others can reach it)")
+        return base
+
+    def checked_folder(self, folder: str | None) -> str:
+        """An image folder on the server that a request may train on (inside --data-dir when confined)."""
+        folder = (folder or "").strip()
+        if not folder or not self.confine_paths:
+            return folder
+        resolved = Path(folder).expanduser().resolve()
+        if self.data_dir is None or (resolved != self.data_dir and self.data_dir not in resolved.parents):
+            raise UserError(f"image folder {folder!r} is not offered by this server; upload the images instead "
+                            "(while others can reach it, the server reads folders only inside --data-dir)")
+        return folder
 
     def base_choices(self) -> list[str]:
         """builtin, the configured base, and diffusers folders / .safetensors checkpoints in the models folder."""
@@ -102,7 +127,7 @@ class UiState:
         seed = check_seed(seed, "Seed")
         with self.engine_lock:
             results = self.engine.generate(
-                prompt, base=base or "builtin", loras=choices, negative_prompt=negative or "", seed=seed,
+                prompt, base=self.checked_base(base), loras=choices, negative_prompt=negative or "", seed=seed,
                 steps=int(steps), guidance=float(guidance), width=int(width), height=int(height),
                 num_images=int(num_images), scheduler=scheduler,
             )
@@ -145,7 +170,7 @@ class UiState:
                             "use at most 64 cells")
         with self.engine_lock:
             grid, params = weight_grid(
-                self.engine, base=base or "builtin", lora=LoraChoice(str(self.library.path(lora)), 1.0),
+                self.engine, base=self.checked_base(base), lora=LoraChoice(str(self.library.path(lora)), 1.0),
                 weights=row_weights, columns=columns, negative_prompt=negative or "", steps=int(steps),
                 guidance=float(guidance), width=int(width) or None, height=int(height) or None, scheduler=scheduler)
         from ..generation.engine import next_index
@@ -160,7 +185,7 @@ class UiState:
                        alpha: float, steps: float, lr: float, resolution: float, train_te: bool, base: str) -> str:
         steps = int(steps)
         cfg = TrainConfig(
-            base=base or self.default_base, steps=steps, rank=int(rank), alpha=float(alpha), lr=float(lr),
+            base=self.checked_base(base), steps=steps, rank=int(rank), alpha=float(alpha), lr=float(lr),
             resolution=int(resolution), train_text_encoder=bool(train_te), caption=caption or "",
             trigger_word=(trigger or "").strip(), batch_size=1, lr_scheduler="cosine",
             sample_every=max(1, steps // 4), validation_steps=12,
@@ -169,7 +194,7 @@ class UiState:
         uploads = [str(getattr(f, "name", f)) for f in (files or [])]
         if not (name or "").strip():
             raise UserError("give the new LoRA a name")
-        self.job.start(name, cfg, uploads, folder or "")
+        self.job.start(name, cfg, uploads, self.checked_folder(folder))
         return self.train_status()[0]
 
     def train_status(self) -> tuple[str, list[str], object]:
@@ -569,11 +594,33 @@ def build_app(state: UiState):
     return demo
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def launch(lora_dir: str, base: str = "builtin", host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
            models_dir: str | None = None, out_dir: str | None = None, share: bool = False,
-           block: bool = True, dtype: str = "auto"):
+           block: bool = True, dtype: str = "auto", data_dir: str | None = None, allow_any_path: bool = False):
     """Build and start the page; returns (demo, url)."""
-    state = UiState(lora_dir, base, models_dir, out_dir, dtype=dtype)
+    public = share or not is_loopback(host)
+    state = UiState(lora_dir, base, models_dir, out_dir, dtype=dtype, confine_paths=public and not allow_any_path,
+                    data_dir=data_dir)
+    if public and not auth:
+        print(f"WARNING: the UI is reachable from other machines ({'a public share link' if share else f'--host {host}'}) "
+              "with no login: anyone who reaches it can generate, train, and see the outputs and training samples. "
+              "Pass --auth USER:PASSWORD.", file=sys.stderr, flush=True)
+    if public:
+        print("the UI serves others: bases are confined to builtin, --base and --models-dir, and server folders to "
+              + (f"--data-dir {state.data_dir}" if state.data_dir else "none (give --data-dir to offer some)")
+              + (" (--allow-any-path: not confined)" if allow_any_path else ""), file=sys.stderr, flush=True)
     demo = build_app(state)
     credentials = None
     if auth:

@@ -109,6 +109,9 @@ class TrainingJob:
     def __init__(self, library: LoraLibrary, work_dir: str | os.PathLike | None = None):
         self.library = library
         self.work_dir = Path(work_dir) if work_dir else library.folder / ".training"
+        # uploads live outside work_dir: the page serves work_dir's samples, and must never serve one client's
+        # training images to another
+        self.upload_dir = self.work_dir.parent / f".{self.work_dir.name.lstrip('.')}-uploads"
         self._state = JobState()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -149,9 +152,11 @@ class TrainingJob:
         if final.exists():
             raise UserError(f"a LoRA named {final.stem!r} already exists; choose another name")
         job_dir = self.work_dir / final.stem
-        if job_dir.exists():
-            shutil.rmtree(job_dir)
-        cfg.data = str(prepare_data(uploads, folder, job_dir / "data"))
+        upload_dir = self.upload_dir / final.stem
+        for stale in (job_dir, upload_dir):
+            if stale.exists():
+                shutil.rmtree(stale)
+        cfg.data = str(prepare_data(uploads, folder, upload_dir))
         cfg.output = str(job_dir / final.name)
         cfg.validate()
         self._stop.clear()
@@ -206,7 +211,7 @@ class TrainingJob:
             self._fail(f"unexpected {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         finally:
             # the uploads were copied for this run only: each run left hundreds of MB behind
-            uploaded = Path(cfg.output).parent / "data"
+            uploaded = self.upload_dir / final.stem
             if Path(cfg.data) == uploaded:
                 shutil.rmtree(uploaded, ignore_errors=True)
 
