@@ -557,3 +557,30 @@ def test_a_confined_server_names_no_path_it_does_not_offer(tmp_path, builtin_lor
     assert state.checked_folder(str(tmp_path / "data" / "cats")) == str(tmp_path / "data" / "cats")
     open_state = UiState(str(builtin_loras), out_dir=str(tmp_path / "out"), device="cpu")
     assert open_state.checked_base(str(tmp_path)) == str(tmp_path)  # a local-only UI takes any path
+
+
+def test_a_full_disk_at_the_end_of_training_writes_the_lora_elsewhere_and_says_where(tmp_path):
+    from lora_diffusion.errors import UserError
+    from lora_diffusion.training.trainer import _save_or_rescue
+
+    output, checkpoints = tmp_path / "out" / "style.safetensors", tmp_path / "ckpt"
+    written = []
+
+    def save(path):
+        if path == output:
+            raise UserError(f"could not write {path} (No space left on device); any earlier file there is unchanged. "
+                            "Free disk space or choose another output")
+        written.append(path)
+
+    with pytest.raises(UserError) as error:
+        _save_or_rescue(output, checkpoints, save)
+    assert str(error.value) == (f"could not write {output} (No space left on device); the trained LoRA was written "
+                                f"to {checkpoints / 'style.safetensors'} instead (move it where you want it)")
+    assert written == [checkpoints / "style.safetensors"]
+
+    def nowhere(path):
+        raise UserError(f"could not write {path} (No space left on device); any earlier file there is unchanged.")
+
+    with pytest.raises(UserError, match=r"nor beside the checkpoints or in the temp folder; free disk space and run "
+                                        r"again with --resume latest$"):
+        _save_or_rescue(output, checkpoints, nowhere)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -449,7 +450,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        _save(cfg, plan, pipe, output, step + 1, data, started, _curve(losses, start_step))
+        _save_or_rescue(output, checkpoint_dir,
+                        lambda path: _save(cfg, plan, pipe, path, step + 1, data, started, _curve(losses, start_step)))
         if cfg.sample_every:
             _validation_grid(cfg, pipe, data, log_dir / "samples" / "final.png", resolution)
         jsonl.close()
@@ -465,6 +467,28 @@ def _curve(losses: list[float], start_step: int) -> list[tuple[int, float]]:
     from .curves import thin
 
     return thin([(start_step + 1 + i, round(float(v), 6)) for i, v in enumerate(losses)])
+
+
+def _save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], None]) -> None:
+    """Write the finished LoRA; if ``output`` cannot be written (a full disk, a read-only folder), the trained
+    weights are still in memory: write them beside the checkpoints or in the temp folder, and say where."""
+    try:
+        save(output)
+        return
+    except UserError as error:
+        failure = str(error)
+    for folder in (Path(checkpoint_dir), Path(tempfile.gettempdir())):
+        rescue = folder / output.name
+        if rescue.resolve() == output.resolve():
+            continue
+        try:
+            save(rescue)
+        except UserError:
+            continue
+        raise UserError(f"{failure.split('; any earlier')[0]}; the trained LoRA was written to {rescue} instead "
+                        "(move it where you want it)") from None
+    raise UserError(f"{failure.split('; any earlier')[0]}, nor beside the checkpoints or in the temp folder; "
+                    "free disk space and run again with --resume latest") from None
 
 
 def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float,
