@@ -502,6 +502,8 @@ def test_tag_counts_that_are_not_numbers_are_skipped():
     ("Steps: many", "PNG parameters: Steps 'many' is not a number"),
     ("Size: 64", "PNG parameters: Size '64' is not WIDTHxHEIGHT"),
     ("CFG scale: nan", "PNG parameters: CFG scale 'nan' is not a finite number"),
+    ("Seed: 99999999999999999999", r"PNG parameters: Seed '99999999999999999999' is out of range \(at most 4294967295\)"),
+    ("Steps: 1000000", r"PNG parameters: Steps '1000000' is out of range \(at most 1000\)"),
 ])
 def test_bad_numbers_in_png_parameters_are_one_line(line, message):
     from lora_diffusion.errors import UserError

@@ -24,14 +24,12 @@ from ..adapters.file import read_adapter
 from ..errors import UserError
 from ..lora.inject import adapter_names, bare_while_merged, blend_adapters, delete_adapter
 from ..models.loading import load_pipeline
+from .limits import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS
 from .params import GenerationParams
 from .schedulers import make_scheduler
 
 
 LORA_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-# a request's cost is bounded whoever sends it (the web UI serves strangers too)
-MAX_STEPS, MAX_IMAGES, MAX_SIDE = 1000, 64, 4096
-MAX_SEED = 2**32 - 1  # A1111's range; a batch uses seed + i, which stays far inside torch's 64-bit generator
 
 
 def check_seed(seed: object, what: str = "--seed") -> int | None:

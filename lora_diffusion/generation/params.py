@@ -12,6 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import UserError
+from .limits import MAX_SEED, MAX_SIDE, MAX_STEPS
 
 
 @dataclass
@@ -59,15 +60,16 @@ class GenerationParams:
         if len(size) != 2:
             raise UserError(f"PNG parameters: Size {values['Size']!r} is not WIDTHxHEIGHT")
         return cls(
-            prompt=prompt, negative_prompt=negative, steps=_field(values, "Steps", 20, int),
-            sampler=values.get("Sampler", ""), cfg_scale=_field(values, "CFG scale", 5.0, float),
-            seed=_field(values, "Seed", 0, int), width=_field({"Size": size[0]}, "Size", 512, int),
-            height=_field({"Size": size[1]}, "Size", 512, int), model=_unquote(values.get("Model", "")), loras=loras,
+            prompt=prompt, negative_prompt=negative, steps=_field(values, "Steps", 20, int, MAX_STEPS),
+            sampler=values.get("Sampler", ""), cfg_scale=_field(values, "CFG scale", 5.0, float, 1e4),
+            seed=_field(values, "Seed", 0, int, MAX_SEED), width=_field({"Size": size[0]}, "Size", 512, int, MAX_SIDE),
+            height=_field({"Size": size[1]}, "Size", 512, int, MAX_SIDE), model=_unquote(values.get("Model", "")),
+            loras=loras,
         )
 
 
-def _field(values: dict[str, str], key: str, default, kind):
-    """One number of the settings line, or one error line naming the field."""
+def _field(values: dict[str, str], key: str, default, kind, limit: float):
+    """One number of the settings line within ``-limit..limit``, or one error line naming the field."""
     if key not in values:
         return default
     try:
@@ -76,6 +78,8 @@ def _field(values: dict[str, str], key: str, default, kind):
         raise UserError(f"PNG parameters: {key} {values[key][:40]!r} is not a number") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise UserError(f"PNG parameters: {key} {values[key][:40]!r} is not a finite number")
+    if abs(number) > limit:
+        raise UserError(f"PNG parameters: {key} {values[key][:40]!r} is out of range (at most {int(limit) if kind is int else limit})")
     return number
 
 
