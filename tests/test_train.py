@@ -73,6 +73,17 @@ def test_short_run_lowers_loss_and_writes_an_adapter_inspect_reads(tiny_base, st
     assert curve == [[i + 1, round(loss, 6)] for i, loss in enumerate(result.losses)]
 
 
+def test_training_again_onto_an_existing_output_keeps_the_earlier_file_as_bak(tiny_base, style_folder, tmp_path,
+                                                                              capsys):
+    out = tmp_path / "style.safetensors"
+    out.write_bytes(b"an earlier LoRA")
+    argv = ["train", "--base", tiny_base, "--data", style_folder, "--output", str(out), "--steps", "2", "--quiet"]
+    assert main(argv) == 0
+    assert "the file it replaced is kept as style.safetensors.bak" in capsys.readouterr().out
+    assert (tmp_path / "style.safetensors.bak").read_bytes() == b"an earlier LoRA"
+    assert out.read_bytes() != b"an earlier LoRA"
+
+
 def test_cached_latents_give_the_same_loss_sequence(tiny_base, style_folder, tmp_path):
     cached = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", cache="memory"), progress=False)
     uncached = train(_cfg(tiny_base, style_folder, tmp_path / "b.safetensors", cache="off"), progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..training.config import CHOICES, TrainConfig, apply_values, flag_kinds, help_for, load_yaml, parse_set
 
@@ -45,10 +46,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
+    from .outputs import replaced_note
 
     from accelerate import PartialState
 
     config = config_from_args(args)
+    existed = bool(config.output) and Path(config.output).is_file()
     result = train(config, progress=not args.quiet)
     if not PartialState().is_main_process:
         return 0
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" (first step {result.first_step_s:.1f} s after start)" if result.first_step_s is not None else "")
           + (f", peak GPU memory {result.peak_gib:.2f} GiB" if result.peak_gib is not None else "")
           + (f" ({len(result.skipped)} files skipped)" if result.skipped else "")
-          + (f" ({result.skipped_steps} updates skipped for NaN/inf)" if result.skipped_steps else ""))
+          + (f" ({result.skipped_steps} updates skipped for NaN/inf)" if result.skipped_steps else "")
+          + replaced_note(result.output, existed))
     if result.skipped:
         reasons: dict[str, int] = {}
         for _, why in result.skipped:
