@@ -22,7 +22,8 @@ from ..lora.inject import base_modules, lora_layers
 from ..lora.layers import LoraLayer, wrap_module
 from ..lora.networks import DenseNetwork, LoconTuckerNetwork
 from ..models.original_layout import unet_module_to_original
-from ..models.architecture import ARCH_LABELS, KOHYA_BASE_VERSION, detect_unet_architecture, fingerprint
+from ..families import family_of, get
+from ..models.architecture import fingerprint
 from .file import META_PREFIX, AdapterFile, read_adapter, write_adapter
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris, dora_axis_or_error
 from .naming import PREFIXES, component_of, kohya_name
@@ -44,10 +45,8 @@ def pipeline_components(pipe) -> dict[str, nn.Module]:
 
 
 def components_architecture(components: Components) -> str:
-    if "unet" in components:
-        arch = detect_unet_architecture(components["unet"])
-        return "sdxl" if arch == "custom" and "te2" in components else arch
-    return "sdxl" if "te2" in components else "custom"
+    """The family name of a set of components (``family_of``'s one rule)."""
+    return family_of(components).name
 
 
 def _base_weight(layer: LoraLayer) -> torch.Tensor:
@@ -137,8 +136,8 @@ def extract_adapter(
         "ss_network_module": "networks.lora",
         "ss_network_dim": rank,
         "ss_network_alpha": _num(alpha),
-        "ss_base_model_version": KOHYA_BASE_VERSION.get(arch, "unknown"),
-        "ss_v2": str(arch == "sd2"),
+        "ss_base_model_version": get(arch).kohya_version,
+        "ss_v2": str(get(arch).v2),
     }
     if convs:
         meta["ss_network_args"] = json.dumps({"conv_dim": str(convs[0].rank), "conv_alpha": str(_num(convs[0].alpha))})
@@ -184,7 +183,7 @@ def _fit(tensor: torch.Tensor, like: tuple[int, ...]) -> torch.Tensor | None:
 
 def _mismatch(source: str, name: str, detail: str, file_arch: str, model_arch: str) -> UserError:
     if file_arch != model_arch and "custom" not in (file_arch, model_arch):
-        cause = f"this LoRA was made for {ARCH_LABELS[file_arch]}; the loaded base is {ARCH_LABELS[model_arch]}"
+        cause = f"this LoRA was made for {get(file_arch).label}; the loaded base is {get(model_arch).label}"
     else:
         cause = "this LoRA was made for a different base model; load it with the base it was trained on"
     return UserError(f"LoRA {source} does not fit the base model: module {name} {detail}; {cause}")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..safe_write import fsync_path, keep_backup, remove_stale_temps, temp_path
-from ..models.architecture import arch_from_cross_attention_dim, arch_from_kohya
+from ..families import family_from_kohya_version, family_of_text_width
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
@@ -68,16 +68,18 @@ class AdapterFile:
         for key in (META_PREFIX + "base", "ss_base_model_version"):
             value = self.metadata.get(key)
             if value:
-                arch = value if key.startswith(META_PREFIX) else arch_from_kohya(value)
-                if arch:
-                    return arch
+                if key.startswith(META_PREFIX):
+                    return value
+                family = family_from_kohya_version(value)
+                if family:
+                    return family.name
         return self.architecture_from_shapes()
 
     def architecture_from_shapes(self) -> str:
         has_te2 = any(n.startswith("lora_te2_") for n in self.modules)
         for name, module in self.modules.items():
             if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and module.has_weight:
-                return arch_from_cross_attention_dim(_in_features(module), has_te2)
+                return family_of_text_width(_in_features(module), second_text_encoder=has_te2).name
         return "sdxl" if has_te2 else "custom"
 
     def tensor_bytes(self) -> int:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.apply import components_architecture, pipeline_components
     from ..adapters.file import META_PREFIX, write_adapter
     from ..adapters.tools import extract_difference
-    from ..models.architecture import KOHYA_BASE_VERSION
+    from ..families import get
     from ..models.loading import load_pipeline
     from .outputs import check_output, replaced_note
     from .text import safe_text
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(args.rank),
         "ss_network_alpha": str(args.rank),
-        "ss_base_model_version": KOHYA_BASE_VERSION.get(arch, "unknown"),
+        "ss_base_model_version": get(arch).kohya_version,
     }
     for module in report.modules:
         print(f"  {module.name}: rank {module.rank}, relative error {module.relative_error:.3e}")

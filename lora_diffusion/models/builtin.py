@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..families.builtin import MARKER as BUILTIN_MARKER  # noqa: F401 - train_base.py writes it
+
 RESOLUTION = 64
-BUILTIN_MARKER = "_lora_diffusion_base"
 
 VAE_CONFIG = dict(
     in_channels=3,

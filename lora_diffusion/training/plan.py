@@ -32,11 +32,9 @@ class BaseFacts:
 
     @classmethod
     def of_pipeline(cls, pipe) -> "BaseFacts":
-        from ..models.architecture import detect_unet_architecture
+        from ..families import family_of
 
-        arch = detect_unet_architecture(pipe.unet)
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            arch = "sdxl"
+        arch = family_of(pipe).name
         native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         return cls(arch, native, str(pipe.scheduler.config.get("prediction_type", "epsilon")))
 
@@ -110,11 +108,10 @@ def load_profile(name: str) -> dict[str, Any]:
 
 
 def profile_for(arch: str) -> str:
-    """The profile whose ``applies_to`` names ``arch``."""
-    for path in sorted(PROFILE_DIR.glob("*.yaml")):
-        if arch in load_profile(path.stem).get("applies_to", []):
-            return path.stem
-    return "sd1"
+    """The training profile of family ``arch`` (the family module names it)."""
+    from ..families import get
+
+    return get(arch).profile
 
 
 def default_precision(device: DeviceFacts) -> tuple[str, str]:

@@ -1,0 +1,30 @@
+"""What every base family states about itself, in one place (the interface the rest of the code asks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of base model.
+
+    ``recognises`` looks at a denoiser's config (a dict) and says whether it is this family's; ``text_encoders``
+    maps kohya roles (``te``, or ``te1``/``te2``) to the pipeline attributes that hold them, in order;
+    ``conditioning`` builds the trainer's conditioning (captions → the denoiser's inputs) for a loaded pipeline.
+    """
+
+    name: str  # what files and plans call it: sd1, sd2, sdxl, builtin, custom
+    label: str  # what people call it: "SD1.x"
+    kohya_version: str  # ss_base_model_version written into adapter files (A1111, ComfyUI, Civitai read it)
+    kohya_aliases: tuple[str, ...] = ()  # other ss_base_model_version values that mean this family
+    denoiser: str = "unet"  # the pipeline attribute LoRA trains in
+    text_encoders: Mapping[str, str] = field(default_factory=lambda: {"te": "text_encoder"})
+    profile: str = "sd1"  # training/profiles/<profile>.yaml
+    v2: bool = False  # kohya's ss_v2 flag
+    recognises: Callable[[dict], bool] = lambda config: False
+    conditioning: Callable[..., object] | None = None  # (pipe, base) -> conditioning; None: cannot train
+
+    def reads_kohya_version(self, version: str) -> bool:
+        return version == self.kohya_version or version in self.kohya_aliases
