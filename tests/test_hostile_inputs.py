@@ -576,13 +576,16 @@ def test_a_full_disk_at_the_end_of_training_writes_the_lora_elsewhere_and_says_w
 
     with pytest.raises(UserError) as error:
         _save_or_rescue(output, checkpoints, save)
-    assert str(error.value) == (f"could not write {output} (No space left on device); the trained LoRA was written "
-                                f"to {checkpoints / 'style.safetensors'} instead (move it where you want it)")
+    assert str(error.value) == (f"could not write {output} (No space left on device); any earlier file there is "
+                                f"unchanged; the trained LoRA was written to {checkpoints / 'style.safetensors'} instead "
+                                "(move it where you want it)")
     assert written == [checkpoints / "style.safetensors"]
 
     def nowhere(path):
-        raise UserError(f"could not write {path} (No space left on device); any earlier file there is unchanged.")
+        raise UserError(f"could not write {path} (No space left on device); any earlier file there is unchanged. "
+                        "Free disk space or choose another output")
 
-    with pytest.raises(UserError, match=r"nor beside the checkpoints or in the temp folder; free disk space and run "
-                                        r"again with --resume latest$"):
+    with pytest.raises(UserError, match=r"any earlier file there is unchanged; nor could it be written beside the "
+                                        r"checkpoints or in the temp folder: free disk space and run again with "
+                                        r"--resume latest$"):
         _save_or_rescue(output, checkpoints, nowhere)

@@ -476,7 +476,7 @@ def _save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], N
         save(output)
         return
     except UserError as error:
-        failure = str(error)
+        what = str(error).split(". Free disk space")[0]  # "could not write X (why); any earlier file … unchanged"
     for folder in (Path(checkpoint_dir), Path(tempfile.gettempdir())):
         rescue = folder / output.name
         if rescue.resolve() == output.resolve():
@@ -485,10 +485,9 @@ def _save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], N
             save(rescue)
         except UserError:
             continue
-        raise UserError(f"{failure.split('; any earlier')[0]}; the trained LoRA was written to {rescue} instead "
-                        "(move it where you want it)") from None
-    raise UserError(f"{failure.split('; any earlier')[0]}, nor beside the checkpoints or in the temp folder; "
-                    "free disk space and run again with --resume latest") from None
+        raise UserError(f"{what}; the trained LoRA was written to {rescue} instead (move it where you want it)") from None
+    raise UserError(f"{what}; nor could it be written beside the checkpoints or in the temp folder: free disk space "
+                    "and run again with --resume latest") from None
 
 
 def _save(cfg: TrainConfig, plan: Plan, pipe, path: Path, steps: int, data: TrainingData, started: float,
