@@ -30,7 +30,7 @@ def test_freeze_writes_pins_that_read_back_and_lowest_follows_pyproject(tmp_path
     assert out.read_text().startswith("# Versions known to pass the whole suite")
     deps.lowest()
     lines = capsys.readouterr().out.splitlines()
-    assert "diffusers==0.37" in lines and "transformers==4.48" in lines and "gradio==6.0" in lines
+    assert "diffusers==0.37" in lines and "transformers==4.48" in lines and "gradio==6.16" in lines
     assert not any(line.startswith("torch==") for line in lines)
 
 
