@@ -241,3 +241,22 @@ def test_grid_has_a_cell_per_weight_and_seed_and_the_zero_row_is_the_base(tiny_b
     assert main(["grid", "x", "--lora", two_loras[0], "--weights", "0,half"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --weights '0,half': write comma-separated numbers, e.g. --weights 0,0.5,1")
+
+
+def test_an_explicit_flag_equal_to_the_default_wins_over_from_png(tmp_path):
+    import argparse
+
+    from lora_diffusion.cli.generate_cmd import _fill_defaults, _fill_from_png
+    from lora_diffusion.generation.params import GenerationParams, save_png
+    from PIL import Image
+
+    png = save_png(Image.new("RGB", (8, 8)), tmp_path / "p.png",
+                   GenerationParams(prompt="a cat", steps=9, cfg_scale=7.5, sampler="Euler a", width=32, height=32))
+    given = argparse.Namespace(from_png=str(png), prompt=None, negative_prompt="", seed=None, width=None, height=None,
+                               steps=20, guidance=None, scheduler="DPM++ 2M")  # --steps 20 --scheduler "DPM++ 2M"
+    _fill_from_png(given)
+    _fill_defaults(given)
+    assert (given.steps, given.guidance, given.scheduler) == (20, 7.5, "DPM++ 2M")
+    bare = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=None, scheduler=None)
+    _fill_defaults(bare)
+    assert (bare.steps, bare.guidance, bare.scheduler) == (20, 5.0, "DPM++ 2M")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..generation.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..generation.schedulers import sampler_names
 from ..writable import writable_folder
 from .formatting import ShowDefaults
@@ -29,13 +30,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="LoRA to blend (repeatable); WEIGHT defaults to 1.0, may be negative or > 1; "
                              "TEXT_WEIGHT sets the text-encoder weight separately")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (CFG)")
+    # None = "not given": --from-png may then fill it; otherwise the defaults in generation/params.py apply
+    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {DEFAULT_STEPS})")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"classifier-free guidance scale (CFG) (default: {DEFAULT_CFG})")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the base's native size, "
                         "64 for the built-in base)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the base's native size)")
     parser.add_argument("--num-images", type=int, default=1, help="images to write (seeds S, S+1, ...)")
-    parser.add_argument("--scheduler", default="DPM++ 2M", help=f"sampler: {', '.join(sampler_names())}")
+    parser.add_argument("--scheduler", default=None,
+                        help=f"sampler: {', '.join(sampler_names())} (default: {DEFAULT_SAMPLER})")
     parser.add_argument("--out", default="outputs", help="folder for the PNGs")
     parser.add_argument("--lora-dir", default="loras", help="folder where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors")
     parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = generation_dtype(args.dtype, device)
     if args.from_png:
         _fill_from_png(args)
+    _fill_defaults(args)
     if args.prompt is None:
         args.parser.error("the following arguments are required: PROMPT")  # as when it was positional-only
     if not args.prompt.strip():
@@ -106,7 +111,13 @@ def _fill_from_png(args: argparse.Namespace) -> None:
     args.seed = params.seed if args.seed is None else args.seed
     args.width = args.width or params.width
     args.height = args.height or params.height
-    for key, value, default in (("steps", params.steps, 20), ("guidance", params.cfg_scale, 5.0),
-                                ("scheduler", params.sampler, "DPM++ 2M")):
-        if getattr(args, key) == default and value:
+    for key, value in (("steps", params.steps), ("guidance", params.cfg_scale), ("scheduler", params.sampler)):
+        if getattr(args, key) is None and value:  # a flag the user gave wins, even when it equals the default
             setattr(args, key, value)
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Steps, guidance and sampler that neither the command line nor --from-png gave."""
+    for key, default in (("steps", DEFAULT_STEPS), ("guidance", DEFAULT_CFG), ("scheduler", DEFAULT_SAMPLER)):
+        if getattr(args, key) is None:
+            setattr(args, key, default)

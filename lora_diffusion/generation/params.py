@@ -12,6 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import UserError
+from .defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .limits import MAX_SEED, MAX_SIDE, MAX_STEPS
 
 
@@ -19,9 +20,9 @@ from .limits import MAX_SEED, MAX_SIDE, MAX_STEPS
 class GenerationParams:
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    sampler: str = "DPM++ 2M"
-    cfg_scale: float = 5.0
+    steps: int = DEFAULT_STEPS
+    sampler: str = DEFAULT_SAMPLER
+    cfg_scale: float = DEFAULT_CFG
     seed: int = 0
     width: int = 512
     height: int = 512
@@ -60,8 +61,8 @@ class GenerationParams:
         if len(size) != 2:
             raise UserError(f"PNG parameters: Size {values['Size']!r} is not WIDTHxHEIGHT")
         return cls(
-            prompt=prompt, negative_prompt=negative, steps=_field(values, "Steps", 20, int, MAX_STEPS),
-            sampler=values.get("Sampler", ""), cfg_scale=_field(values, "CFG scale", 5.0, float, 1e4),
+            prompt=prompt, negative_prompt=negative, steps=_field(values, "Steps", DEFAULT_STEPS, int, MAX_STEPS),
+            sampler=values.get("Sampler", ""), cfg_scale=_field(values, "CFG scale", DEFAULT_CFG, float, 1e4),
             seed=_field(values, "Seed", 0, int, MAX_SEED), width=_field({"Size": size[0]}, "Size", 512, int, MAX_SIDE),
             height=_field({"Size": size[1]}, "Size", 512, int, MAX_SIDE), model=_unquote(values.get("Model", "")),
             loras=loras,
