@@ -260,3 +260,14 @@ def test_an_explicit_flag_equal_to_the_default_wins_over_from_png(tmp_path):
     bare = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=None, scheduler=None)
     _fill_defaults(bare)
     assert (bare.steps, bare.guidance, bare.scheduler) == (20, 5.0, "DPM++ 2M")
+
+
+def test_from_png_without_a_prompt_says_so(tmp_path, capsys):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a" * 60000)  # one long settings line: no prompt at all
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
+    assert main(["generate", "--from-png", str(tmp_path / "p.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "its parameters hold no prompt; give one" in capsys.readouterr().err

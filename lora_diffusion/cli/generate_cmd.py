@@ -105,6 +105,8 @@ def _fill_from_png(args: argparse.Namespace) -> None:
         raise UserError(f"--from-png {path}: no generation parameters in this PNG (A1111 'parameters' text)") from None
     except Exception as error:  # noqa: BLE001 - PIL raises many types for non-PNG files
         raise UserError(f"--from-png {path}: not a readable PNG ({type(error).__name__})") from None
+    if not args.prompt and not params.prompt.strip():
+        raise UserError(f"--from-png {path}: its parameters hold no prompt; give one: generate \"PROMPT\" --from-png ...")
     tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in params.loras)
     args.prompt = args.prompt or (params.prompt + tags)
     args.negative_prompt = args.negative_prompt or params.negative_prompt
