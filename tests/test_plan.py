@@ -178,7 +178,9 @@ def test_cli_prints_the_plan_and_records_it_in_the_metadata(tiny_base, tmp_path,
     assert "  alpha = 1  (profile sd1's alpha/rank scale)\n" in err
     assert "  set by you: rank = 2, steps = 30\n" in err
     # after 3 untimed warm-up steps, at least 3 timed steps and 5 s, or 20 steps
-    assert re.search(r"[\r\n]estimate: \d+ s to go \(\d\.\d\d s/step over steps 4-(\d+); first step \d+ s after start\)\n", err)
+    # durations print as "42 s", "1 min 05 s" or "1 h 02 min" (format_duration): a slow machine must not fail this
+    duration = r"(\d+ s|\d+ min \d\d s|\d+ h \d\d min)"
+    assert re.search(rf"[\r\n]estimate: {duration} to go \(\d+\.\d\d s/step over steps 4-(\d+); first step {duration} after start\)\n", err)
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     plan = json.loads(meta["lora_diffusion.plan"])

@@ -80,20 +80,34 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return best
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Pixels not reachable from the border through background count as inside."""
     h, w = mask.shape
     border = [(y, x) for y in range(h) for x in (0, w - 1)] + [(y, x) for x in range(w) for y in (0, h - 1)]
     return ~_flood(~mask, border)
 
 
+def background_distance(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The border's median colour, and each pixel's distance from it."""
+    border = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3), rgb[:, -2:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    return bg_rgb, np.linalg.norm(rgb - bg_rgb, axis=-1)
+
+
+def object_mask(image: Image.Image, largest: bool = True) -> np.ndarray | None:
+    """Object pixels (far from the border's colour): the largest blob, or all of them; None where there are none."""
+    _, distance = background_distance(np.asarray(image.convert("RGB"), dtype=np.float32))
+    mask = distance > 60
+    if mask.sum() < 6:
+        return None
+    return _largest_component(mask) if largest else mask
+
+
 def read_image(image: Image.Image) -> Reading:
     """What the image shows, in the world's words (None where nothing is found)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3), rgb[:, -2:].reshape(-1, 3)])
-    bg_rgb = np.median(border, axis=0)
+    bg_rgb, distance = background_distance(rgb)
     background = _nearest(bg_rgb, BACKGROUNDS)
-    distance = np.linalg.norm(rgb - bg_rgb, axis=-1)
     mask = distance > 60
     if mask.sum() < 6:
         return Reading(background, None, None)
@@ -105,7 +119,7 @@ def read_image(image: Image.Image) -> Reading:
     color = _nearest(np.median(rgb[strong], axis=0), OBJECT_COLORS)
     if blob.sum() < 6:
         return Reading(background, color, None)
-    filled_mask = _fill_holes(blob)
+    filled_mask = fill_holes(blob)
     # a real hole (not one stray pixel) means the outline is compared as drawn, hole included
     has_hole = (filled_mask & ~blob).sum() >= max(2, 0.08 * filled_mask.sum())
     target = _normalise(blob if has_hole else filled_mask)

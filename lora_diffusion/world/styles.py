@@ -14,6 +14,10 @@ from PIL import Image
 from .scenes import Scene, render
 
 STYLES = ("sepia", "pixel", "cyanotype", "ink")
+# looks kept out of examples/ and out of every tuning run: the style benchmark trains them only to check that
+# derived defaults chosen on the example folders carry over to styles nobody tuned on
+HELD_OUT_STYLES = ("duotone", "warm")
+ALL_STYLES = STYLES + HELD_OUT_STYLES
 _SEPIA_MATRIX = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
 _SEPIA_SCALE, _SEPIA_LIFT = 0.7, 10.0
 # the matrix rows are nearly proportional, so every sepia pixel lies on one line in RGB
@@ -78,8 +82,64 @@ def ink(scene: Scene, size: int = 64) -> Image.Image:
     return out
 
 
+# duotone: brightness onto deep magenta → teal, darkened towards the corners (a vignette gentle enough that the
+# checker still finds the background at the border)
+_DUO_DARK = np.array([120, 16, 104], dtype=np.float32)
+_DUO_LIGHT = np.array([70, 214, 200], dtype=np.float32)
+_DUO_PLANE = np.cross(_DUO_DARK, _DUO_LIGHT) / np.linalg.norm(np.cross(_DUO_DARK, _DUO_LIGHT))
+
+
+def duotone(image: Image.Image) -> Image.Image:
+    """A magenta/teal duotone with a dark vignette (every pixel a darkened mix of the two inks)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    t = (_luma(rgb) / 255.0)[..., None]
+    h, w = t.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xx + 0.5) / w - 0.5) ** 2 + ((yy + 0.5) / h - 0.5) ** 2
+    vignette = np.clip(1.0 - 0.5 * r2, 0.75, 1.0)[..., None]
+    out = (_DUO_DARK + t * (_DUO_LIGHT - _DUO_DARK)) * vignette
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+# warm: four brightness levels, each one colour of a warm palette (a posterised print)
+_WARM_PALETTE = np.array([[64, 22, 12], [168, 64, 24], [236, 150, 52], [255, 228, 170]], dtype=np.float32)
+
+
+def warm(image: Image.Image) -> Image.Image:
+    """A warm posterised palette: brightness in four flat levels, brown → rust → amber → cream."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    level = np.clip((_luma(rgb) / 255.0 * 4).astype(int), 0, 3)
+    return Image.fromarray(_WARM_PALETTE[level].astype(np.uint8))
+
+
 # each look from a rendered image, except ink, which is drawn from the scene's geometry
-LOOKS = {"sepia": sepia, "pixel": pixel, "cyanotype": cyanotype}
+LOOKS = {"sepia": sepia, "pixel": pixel, "cyanotype": cyanotype, "duotone": duotone, "warm": warm}
+
+
+def ink_from_image(image: Image.Image) -> Image.Image:
+    """The ink look traced from a drawn image: outlines of everything the checker sees as an object."""
+    from PIL import ImageFilter
+
+    from .checker import object_mask
+
+    mask = object_mask(image, largest=False)
+    size = image.size
+    if mask is None:
+        return Image.new("RGB", size, _PAPER)
+    objects = Image.fromarray(mask.astype(np.uint8) * 255)
+    band = np.asarray(objects.filter(ImageFilter.MaxFilter(3)), np.int16) - np.asarray(objects.filter(ImageFilter.MinFilter(3)), np.int16)
+    out = Image.new("RGB", size, _PAPER)
+    out.paste(Image.new("RGB", size, _INK), mask=Image.fromarray(((band > 0) * 255).astype(np.uint8)))
+    return out
+
+
+def restyle(style: str, image: Image.Image) -> Image.Image:
+    """``style`` applied to an already drawn image: what a perfect style LoRA would make of the base's picture."""
+    if style == "ink":
+        return ink_from_image(image)
+    if style not in LOOKS:
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(ALL_STYLES)}")
+    return LOOKS[style](image)
 
 
 def stylize(style: str, scene: Scene, size: int = 64) -> Image.Image:
@@ -87,7 +147,7 @@ def stylize(style: str, scene: Scene, size: int = 64) -> Image.Image:
     if style == "ink":
         return ink(scene, size)
     if style not in LOOKS:
-        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(ALL_STYLES)}")
     return LOOKS[style](render(scene, size))
 
 
@@ -144,11 +204,28 @@ def ink_score(image: Image.Image) -> float:
     return float((paper | dark).mean() * strokes)
 
 
-SCORES = {"sepia": sepia_score, "pixel": pixel_score, "cyanotype": cyanotype_score, "ink": ink_score}
+def duotone_score(image: Image.Image) -> float:
+    """Mean closeness of lit pixels to the plane of darkened magenta/teal mixes (1.0 for the duotone)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3)
+    lit = rgb[rgb.max(-1) > 30]
+    if len(lit) == 0:
+        return 0.0
+    return float(np.exp(-np.abs(lit @ _DUO_PLANE) / 20.0).mean())
+
+
+def warm_score(image: Image.Image) -> float:
+    """Mean closeness of every pixel to its nearest warm-palette colour (1.0 for the posterised print)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 1, 3)
+    nearest = np.linalg.norm(rgb - _WARM_PALETTE[None], axis=-1).min(-1)
+    return float(np.exp(-nearest / 20.0).mean())
+
+
+SCORES = {"sepia": sepia_score, "pixel": pixel_score, "cyanotype": cyanotype_score, "ink": ink_score,
+          "duotone": duotone_score, "warm": warm_score}
 
 
 def style_score(style: str, image: Image.Image) -> float:
     """How strongly ``image`` shows ``style``, in [0, 1]."""
     if style not in SCORES:
-        raise ValueError(f"unknown style {style!r}; choose from {', '.join(STYLES)}")
+        raise ValueError(f"unknown style {style!r}; choose from {', '.join(ALL_STYLES)}")
     return SCORES[style](image)
