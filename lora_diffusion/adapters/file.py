@@ -227,16 +227,5 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     return path
 
 
-def metadata_json(adapter: AdapterFile, key: str, default=None):
-    """A JSON-valued metadata entry of ours, decoded (``default`` when absent or invalid)."""
-    raw = adapter.metadata.get(META_PREFIX + key)
-    if raw is None:
-        return default
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return default
-
-
 __all__ = ["AdapterFile", "ModuleDelta", "ModuleLora", "ModuleLycoris", "read_adapter", "write_adapter", "to_state_dict",
-           "metadata_json", "SAVE_DTYPES", "META_PREFIX"]
+           "SAVE_DTYPES", "META_PREFIX"]

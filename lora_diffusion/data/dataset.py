@@ -19,13 +19,6 @@ from .folder import Example
 from .images import BadImage, displayed_size, open_rgb
 
 
-@dataclass
-class Sample:
-    index: int  # position in the expanded example list (cache key)
-    pixels: torch.Tensor  # 3×H×W in [-1, 1]
-    caption: str
-
-
 @dataclass(frozen=True)
 class Geometry:
     """Where a training image came from, as SDXL's size conditioning reads it: sizes are

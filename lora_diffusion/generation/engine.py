@@ -83,11 +83,6 @@ def file_key(path: str) -> str:
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def short_hash(path: str) -> str:
-    """A1111's 'Lora hashes' style: the first 12 hex digits of the file's sha256."""
-    return _sha256(path)[:12]
-
-
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -247,4 +242,4 @@ def next_index(folder: Path) -> int:
     return max(existing, default=-1) + 1
 
 
-__all__ = ["MAX_SEED", "GenerationEngine", "LoraChoice", "check_seed", "next_index", "short_hash"]
+__all__ = ["MAX_SEED", "GenerationEngine", "LoraChoice", "check_seed", "next_index"]

@@ -114,16 +114,6 @@ def set_adapter_weight(model: nn.Module, name: str, weight: float) -> None:
     _remerge(model)
 
 
-def set_adapter_weights(model: nn.Module, weights: dict[str, float], *, remerge: bool = True) -> None:
-    """Set several runtime weights at once; merged layers are re-blended once (unless ``remerge=False``)."""
-    for layer in lora_layers(model).values():
-        for name, weight in weights.items():
-            if name in layer.rank:
-                layer.set_weight(name, weight)
-    if remerge:
-        _remerge(model)
-
-
 def set_adapter_enabled(model: nn.Module, name: str, enabled: bool) -> None:
     for layer in _layers_with(model, name):
         layer.set_enabled(name, enabled)

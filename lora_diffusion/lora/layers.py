@@ -282,8 +282,8 @@ class LoraLayer(nn.Module):
         else:
             weight.copy_(w0)
             if bias is not None:
-                deltas = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
-                bias.copy_((b0.float() + sum(deltas)).to(b0.dtype) if deltas else b0)
+                bias_terms = [w * self.lora_bias[n].detach().float().to(b0.device) for n, w in active.items() if n in self.lora_bias]
+                bias.copy_((b0.float() + sum(bias_terms)).to(b0.dtype) if bias_terms else b0)
             self._add_deltas(weight, active)
             self._updates = 0
         self._merged = active

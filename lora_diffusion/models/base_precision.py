@@ -19,7 +19,6 @@ from torch import nn
 from ..errors import UserError
 from ..startup import restore_import
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp8", "int8", "nf4")
 QUANTIZED = ("fp8", "int8", "nf4")
 _NF4_BLOCK = 64  # values per NF4 scale (the QLoRA paper's block size)
 
@@ -120,4 +119,4 @@ def stored_bytes(model: nn.Module) -> int:
     return total
 
 
-__all__ = ["PRECISIONS", "QUANTIZED", "check_base_precision", "quantize_frozen", "is_quantized", "stored_bytes"]
+__all__ = ["QUANTIZED", "check_base_precision", "quantize_frozen", "is_quantized", "stored_bytes"]

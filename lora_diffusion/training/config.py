@@ -133,10 +133,6 @@ class TrainConfig:
             raise UserError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
         return self
 
-    def derived_keys(self) -> list[str]:
-        """Keys left to the plan: still ``None``."""
-        return [f.name for f in fields(self) if f.name in DERIVED and getattr(self, f.name) is None]
-
 
 def _given(config: TrainConfig, key: str) -> bool:
     return getattr(config, key) is not None
