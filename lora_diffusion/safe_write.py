@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UserError
 
@@ -76,6 +78,48 @@ def keep_backup(path: Path) -> Path | None:
     return backup
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                fsync_path(child)
+    fsync_path(path)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, *, backup: bool = False) -> Iterator[Path]:
+    """Write ``path`` (a file, or a folder) all at once: the body writes the yielded temporary path beside it.
+
+    On success the temporary file (or every file of the temporary folder) is flushed, the current ``path`` is kept
+    as ``NAME.bak`` when ``backup`` is set, the temporary path is renamed over ``path`` and the folder is flushed.
+    On any failure the temporary path is removed and ``path`` is left as it was. Temporary files of dead
+    processes beside ``path`` are removed first.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target)
+    tmp = temp_path(target)
+    _remove(tmp)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if backup:
+            keep_backup(target)
+        if tmp.is_dir() and target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)  # a folder cannot be renamed over a non-empty folder
+        os.replace(tmp, target)
+        fsync_path(target.parent)
+    finally:
+        _remove(tmp)
+
+
 def refuse_output_that_is_an_input(output: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "--out") -> None:
     """One error line when a command would write over one of the files it reads."""
     out = Path(output)
@@ -87,5 +131,5 @@ def refuse_output_that_is_an_input(output: str | os.PathLike, inputs: list[str |
                             "while it is read)")
 
 
-__all__ = ["backup_path", "fsync_path", "keep_backup", "refuse_output_that_is_an_input", "remove_stale_temps",
+__all__ = ["atomic_write", "backup_path", "fsync_path", "keep_backup", "refuse_output_that_is_an_input", "remove_stale_temps",
            "temp_path"]

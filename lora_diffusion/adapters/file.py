@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ..errors import UserError
 from ..file_modes import make_like_new_file
-from ..safe_write import fsync_path, keep_backup, remove_stale_temps, temp_path
+from ..safe_write import atomic_write
 from ..families import family_from_kohya_version, family_of_text_width
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
@@ -204,16 +204,10 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     tensors, extra = serialize(adapter.modules, layout, SAVE_DTYPES[dtype])
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout
-    tmp = temp_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path)
-        save_file(tensors, str(tmp), metadata=metadata)
-        fsync_path(tmp)
-        make_like_new_file(tmp)
-        keep_backup(path)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        with atomic_write(path, backup=True) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+            make_like_new_file(tmp)
     except (OSError, SafetensorError) as error:
         # safetensors reports a full disk or a read-only folder as its own error type, not OSError
         reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
@@ -221,9 +215,6 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
             f"could not write {path} ({reason}); any earlier file there is unchanged. "
             "Free disk space or choose another output"
         ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 from pathlib import Path
 
 
@@ -38,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lora.inject import bake_lora, set_adapter_weight
     from ..models.loading import load_pipeline
     from ..file_modes import make_tree_like_new
+    from ..safe_write import atomic_write
     from ..models.single_file import save_single_file
     from ..models.portable_save import save_pipeline
     from .text import safe_text
@@ -62,14 +61,9 @@ def run(args: argparse.Namespace) -> int:
                         pass  # this LoRA has no text-encoder part
     for model in components.values():
         bake_lora(model)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(out) as tmp:
         save_pipeline(pipe, tmp)
         make_tree_like_new(tmp)  # safetensors writes its files private
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     print(f"wrote {safe_text(out)} (diffusers folder, {len(choices)} LoRA(s) merged into {arch})")
     if args.single_file is not None:
         target = Path(args.single_file) if args.single_file else out.with_suffix(".safetensors")

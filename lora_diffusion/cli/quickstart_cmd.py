@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import load_pipeline
     from ..training.config import TrainConfig, apply_values, load_yaml
     from ..training.trainer import train
+    from ..world.content import content_kept
     from ..world.quality import held_out_scenes
     from ..world.scenes import caption
     from ..world.styles import style_score
@@ -52,17 +53,19 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline("builtin")
     components = pipeline_components(pipe)
     name = load_adapter(result.output, components)
-    prompts = [caption(s) for s in held_out_scenes(args.prompts)]
+    scenes = held_out_scenes(args.prompts)
+    prompts = [caption(s) for s in scenes]
     weights = (0.0, 0.5, 1.0)
     size = 64
     grid = Image.new("RGB", (size * len(prompts), size * len(weights)), "white")
-    scores = {}
+    scores, drawn = {}, {}
     for row, weight in enumerate(weights):
         set_adapter_weight(components["unet"], name, weight)
         started = time.time()
         images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, height=size, width=size,
                       generator=torch.Generator().manual_seed(0)).images
         scores[weight] = float(np.mean([style_score(args.style, im) for im in images]))
+        drawn[weight] = images
         for col, image in enumerate(images):
             grid.paste(image, (col * size, row * size))
         print(f"LoRA weight {weight:.1f}: {args.style} style score {scores[weight]:.3f} ({time.time() - started:.1f} s for {len(prompts)} images)")
@@ -72,4 +75,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {grid_path} (rows: weight 0, 0.5, 1.0; prompts in comparison-prompts.txt)")
     print(f"style score {args.style}: weight 0 → {scores[0.0]:.3f}, weight 1 → {scores[1.0]:.3f} "
           f"({scores[1.0] / max(scores[0.0], 1e-6):.1f}×); training {result.seconds:.0f} s")
+    # a style LoRA should repaint the base's scene, not replace it: compare weight 1 with weight 0, restyled by code
+    print(f"content kept at weight 1: {content_kept(args.style, scenes, drawn[0.0], drawn[1.0])}")
     return 0

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import UserError
+from ..safe_write import atomic_write
 from .engine import MAX_SEED, GenerationEngine, LoraChoice
 from .params import GenerationParams
 
@@ -93,13 +94,10 @@ def _compose(cells: list[list[Image.Image]], row_labels: list[str], column_label
 
 def save_grid(grid: Image.Image, path: Path, params: list[GenerationParams], rows: list[str], columns: list[str]) -> Path:
     """The grid PNG, with every cell's A1111 parameters and the axes in its text chunks; atomic."""
-    import os
 
     info = PngInfo()
     info.add_text("parameters", "\n\n".join(p.to_text() for p in params))
     info.add_text("grid", f"rows: {' | '.join(rows)}\ncolumns: {' | '.join(columns)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        grid.save(tmp, format="PNG", pnginfo=info)
     return path

@@ -157,14 +157,12 @@ def _unquote(text: str) -> str:
 
 def save_png(image: Image.Image, path: Path, params: GenerationParams) -> Path:
     """Write the PNG with its parameters chunk, atomically."""
-    import os
+    from ..safe_write import atomic_write
 
     info = PngInfo()
     info.add_text("parameters", params.to_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..file_modes import make_like_new_file
+from ..safe_write import atomic_write
 from .builtin import builtin_path
 from .original_layout import checkpoint_architecture, pipeline_to_original
 from .reference_configs import ARCHITECTURES
@@ -77,14 +78,9 @@ def save_single_file(pipe, path: str | os.PathLike, arch: str, dtype: str = "fp1
         "lora_diffusion.version": __version__,
         "format": "pt",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         make_like_new_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -9,7 +9,6 @@ Data order and noise are functions of (seed, step), so no RNG state is needed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..file_modes import make_like_new_file
+from ..safe_write import atomic_write
 
 PREFIX = "checkpoint-"
 
@@ -34,23 +34,18 @@ def lora_state(models: dict) -> dict[str, torch.Tensor]:
 def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_scheduler, settings: dict, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:06d}"
-    tmp = folder / f".{PREFIX}{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        save_file(lora_state(models), str(tmp / "lora.safetensors"))
-        make_like_new_file(tmp / "lora.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
+        with atomic_write(final) as tmp:
+            tmp.mkdir()
+            save_file(lora_state(models), str(tmp / "lora.safetensors"))
+            make_like_new_file(tmp / "lora.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
     except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
             f"could not write checkpoint {final} ({error.strerror or error}); earlier checkpoints are unchanged. "
             "Free disk space and continue with --resume latest"
         ) from None
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -31,6 +31,7 @@ from ..lora.config import LoraConfig
 from ..lora.inject import inject_adapter, parameter_report
 from ..models.base_precision import QUANTIZED, check_base_precision, quantize_frozen
 from ..models.loading import load_pipeline
+from ..safe_write import atomic_write
 from ..startup import describe_startup, job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
 from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
@@ -547,10 +548,8 @@ def _validation_grid(cfg: TrainConfig, pipe, data: TrainingData, path: Path, res
     grid = Image.new("RGB", (resolution * len(images), resolution))
     for i, image in enumerate(images):
         grid.paste(image, (i * resolution, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        grid.save(tmp, format="PNG")
 
 
 def _note(bar, text: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..adapters.file import read_adapter
 from ..errors import UserError
+from ..safe_write import atomic_write
 
 MAX_LORA_BYTES = 2 * 1024**3  # the largest LoRA the library accepts (SDXL rank-128 is ~1 GB)
 # preview images beside a LoRA, as A1111 names them (the first found is shown)
@@ -92,12 +93,8 @@ class LoraLibrary:
         target = self.path(name or source.stem, must_exist=False)
         if target.exists():
             raise UserError(f"a LoRA named {target.stem!r} already exists; rename or delete it first")
-        tmp = target.with_name(f".{target.name}.upload-{os.getpid()}")
-        try:
+        with atomic_write(target) as tmp:
             shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target.stem
 
     def rename(self, old: str, new: str) -> str:

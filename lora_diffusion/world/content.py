@@ -39,7 +39,7 @@ class ContentKept:
 
     def __str__(self) -> str:
         return (f"prompted shape read in {100 * self.shape:.0f}% (restyled base: {100 * self.shape_possible:.0f}%), "
-                f"object where the base drew it in {100 * self.position:.0f}%, variety {self.variety:.2f}× the base's")
+                f"objects where the base drew them in {100 * self.position:.0f}%, variety {self.variety:.2f}× the base's")
 
 
 def layout_mask(image: Image.Image) -> np.ndarray:
