@@ -15,4 +15,8 @@ def test_quickstart_trains_a_lora_that_moves_generations_toward_the_style(tmp_pa
     assert match, out
     w0, w1 = float(match.group(1)), float(match.group(2))
     assert w1 > 2 * w0 and w1 - w0 > 0.1
+    kept = re.search(r"content kept at weight 1: prompted shape read in (\d+)% \(restyled base: (\d+)%\), "
+                     r"objects where the base drew them in (\d+)%, variety ([\d.]+)× the base's", out)
+    assert kept, out
+    assert int(kept.group(3)) >= 50 and float(kept.group(4)) > 0.5
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "sepia.safetensors").is_file()

@@ -18,7 +18,7 @@ from torch import nn
 from .. import __version__
 from ..errors import UserError
 from ..lora.config import LoraConfig
-from ..lora.inject import base_modules, lora_layers
+from ..lora.inject import base_modules, lora_layers, remerge, replace_module
 from ..lora.layers import LoraLayer, wrap_module
 from ..lora.networks import DenseNetwork, LoconTuckerNetwork
 from ..models.original_layout import unet_module_to_original
@@ -49,10 +49,6 @@ def components_architecture(components: Components) -> str:
     return family_of(components).name
 
 
-def _base_weight(layer: LoraLayer) -> torch.Tensor:
-    return layer._pristine[0] if layer.merged else layer.base_layer.weight
-
-
 def _module_of(layer: LoraLayer, name: str) -> ModuleDelta:
     """One layer's adapter ``name`` as file data (tensors detached, not copied)."""
     rank = layer.rank[name]
@@ -64,7 +60,8 @@ def _module_of(layer: LoraLayer, name: str) -> ModuleDelta:
             entry = ModuleLycoris(network_kind=network.kind, factors={k: v.detach() for k, v in network.factors().items()})
         entry.alpha = layer.alpha[name]
     elif rank:
-        entry = ModuleLora(down=layer.lora_A[name].weight.detach(), up=layer.lora_B[name].weight.detach(), alpha=layer.alpha[name])
+        down, up = layer.factors(name)
+        entry = ModuleLora(down=down, up=up, alpha=layer.alpha[name])
     else:
         entry = ModuleLora()
     if name in layer.lora_bias:
@@ -116,7 +113,7 @@ def extract_adapter(
                 parts = path.split(".")
                 suffixes.add(".".join(parts[-3:] if parts[-1].isdigit() else parts[-2:]))
             modules[key] = entry
-            fingerprint_weights[key] = _base_weight(layer)
+            fingerprint_weights[key] = layer.base_weight()
         if suffixes:
             targets[component] = sorted(suffixes)
     if not modules:
@@ -282,8 +279,7 @@ def apply_adapter(
                 config = LoraConfig(rank=max(entry.rank, 1), alpha=(entry.alpha or entry.rank or 1.0))
                 layer.add_adapter(name, config, rank=entry.rank, with_bias_delta=entry.diff_b is not None)
                 if weights is not None:
-                    layer.lora_A[name].weight.copy_(weights[0])
-                    layer.lora_B[name].weight.copy_(weights[1])
+                    layer.set_factors(name, *weights)
             if entry.diff_b is not None:
                 layer.lora_bias[name].copy_(entry.diff_b)
             if axis is not None:
@@ -291,23 +287,13 @@ def apply_adapter(
                 layer.set_magnitude(name, entry.dora_scale.to(base_w.device, torch.float32), axis)
             layer.set_weight(name, weight)
             if layer is not current:
-                parent_path, _, child = path.rpartition(".")
-                setattr(model.get_submodule(parent_path) if parent_path else model, child, layer)
+                replace_module(model, path, layer)
             applied.append(key)
-    if not trainable:
-        for model in components.values():
-            for layer in lora_layers(model).values():
-                for store in (layer.lora_A, layer.lora_B, layer.lora_dense):
-                    if name in store:
-                        store[name].requires_grad_(False)
-                for params in (layer.lora_bias, layer.lora_magnitude):
-                    if name in params:
-                        params[name].requires_grad_(False)
-    # merged layers must be re-blended so the new adapter shows in their weights
     for model in components.values():
-        for layer in lora_layers(model).values():
-            if layer.merged:
-                layer.merge()
+        if not trainable:
+            for layer in lora_layers(model).values():
+                layer.freeze(name)
+        remerge(model)  # merged layers must be re-blended so the new adapter shows in their weights
     return applied
 
 

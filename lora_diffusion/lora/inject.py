@@ -40,7 +40,8 @@ def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield path, module
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted ``path`` inside ``model``."""
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, new)
@@ -86,7 +87,7 @@ def inject_adapter(
         else:
             continue
         if layer is not model.get_submodule(path):
-            _replace(model, path, layer)
+            replace_module(model, path, layer)
         wrapped.append(path)
     return wrapped
 
@@ -111,17 +112,17 @@ def set_adapter_weight(model: nn.Module, name: str, weight: float) -> None:
     """Set the runtime weight w of adapter ``name`` everywhere (takes effect at once)."""
     for layer in _layers_with(model, name):
         layer.set_weight(name, weight)
-    _remerge(model)
+    remerge(model)
 
 
 def set_adapter_enabled(model: nn.Module, name: str, enabled: bool) -> None:
     for layer in _layers_with(model, name):
         layer.set_enabled(name, enabled)
-    _remerge(model)
+    remerge(model)
 
 
-def _remerge(model: nn.Module) -> None:
-    # A merged model stays merged: re-blend from pristine W0 so inference keeps base speed.
+def remerge(model: nn.Module) -> None:
+    """Re-blend every merged layer from its pristine W0 (a merged model stays merged, at base speed)."""
     for layer in lora_layers(model).values():
         if layer.merged:
             layer.merge()
@@ -156,15 +157,15 @@ def bare_while_merged(model: nn.Module) -> Iterator[int]:
     """
     bare: list[tuple[str, LoraLayer]] = []
     for path, layer in lora_layers(model).items():
-        if not layer._side_paths():  # the base module's own forward is then the layer's output, exactly
+        if not layer.side_paths():  # the base module's own forward is then the layer's output, exactly
             bare.append((path, layer))
     for path, layer in bare:
-        _replace(model, path, layer.base_layer)
+        replace_module(model, path, layer.base_layer)
     try:
         yield len(bare)
     finally:
         for path, layer in bare:
-            _replace(model, path, layer)
+            replace_module(model, path, layer)
 
 
 def unmerge_adapters(model: nn.Module) -> None:
@@ -179,23 +180,21 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         layer.delete_adapter(name)
     for path, layer in lora_layers(model).items():
         if not layer.rank:
-            _replace(model, path, layer.base_layer)
+            replace_module(model, path, layer.base_layer)
 
 
 def bake_lora(model: nn.Module) -> None:
     """Merge every adapter at its current weight for good: the LoRA layers go, the plain modules
     stay with the blended weights (what ``bake`` saves). The pristine copies are dropped."""
     for path, layer in lora_layers(model).items():
-        layer.merge(fresh=True)
-        layer._pristine = None
-        _replace(model, path, layer.base_layer)
+        replace_module(model, path, layer.bake())
 
 
 def remove_lora(model: nn.Module) -> None:
     """Take every LoRA layer out, putting back the original modules with their exact weights."""
     for path, layer in lora_layers(model).items():
         layer.unmerge()
-        _replace(model, path, layer.base_layer)
+        replace_module(model, path, layer.base_layer)
 
 
 @dataclass(frozen=True)

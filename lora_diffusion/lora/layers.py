@@ -140,7 +140,7 @@ class LoraLayer(nn.Module):
         self.adapter_weight[name] = 1.0
         self.adapter_enabled[name] = True
         if rank > 0 and getattr(config, "dora", False):
-            w0 = self._w0().detach().float()
+            w0 = self.base_weight().detach().float()
             self.set_magnitude(name, deltas.column_norm(w0, "out").to(dtype), "out")
         self._side = None
 
@@ -167,9 +167,31 @@ class LoraLayer(nn.Module):
         self.dora_axis[name] = axis
         self._side = None
 
-    def _w0(self) -> torch.Tensor:
+    def base_weight(self) -> torch.Tensor:
         """The base weight without any merged adapter."""
         return self._pristine[0] if self._pristine is not None else self.base_layer.weight
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter ``name``'s (down, up) factor weights A and B (the live parameters' data, not copies)."""
+        return self.lora_A[name].weight.detach(), self.lora_B[name].weight.detach()
+
+    @torch.no_grad()
+    def set_factors(self, name: str, down: torch.Tensor, up: torch.Tensor) -> None:
+        """Overwrite adapter ``name``'s A and B (shapes must match); a merged layer shows them after ``merge(fresh=True)``."""
+        self.lora_A[name].weight.copy_(down)
+        self.lora_B[name].weight.copy_(up)
+
+    def freeze(self, name: str) -> None:
+        """Stop training adapter ``name``: every parameter it owns here stops taking gradients."""
+        for store in (self.lora_A, self.lora_B, self.lora_dense, self.lora_bias, self.lora_magnitude):
+            if name in store:
+                store[name].requires_grad_(False)
+
+    def bake(self) -> nn.Module:
+        """Blend every adapter at its weight into the base module for good and return it (no way back)."""
+        self.merge(fresh=True)
+        self._pristine = None
+        return self.base_layer
 
     def is_low_rank(self, name: str) -> bool:
         """True for a plain LoRA (no DoRA): its path runs as B·A, never as a dense ΔW."""
@@ -226,10 +248,10 @@ class LoraLayer(nn.Module):
         magnitude = self.lora_magnitude[name]
         if self.training and name in self.lora_A and torch.is_grad_enabled() and magnitude.requires_grad:
             # training DoRA on a plain LoRA: a backward that keeps no full-size fp32 matrix
-            return deltas.dora_lora_change(self._w0().detach(), self.lora_B[name].weight, self.lora_A[name].weight,
+            return deltas.dora_lora_change(self.base_weight().detach(), self.lora_B[name].weight, self.lora_A[name].weight,
                                            self.scaling(name), magnitude, self.dora_axis[name])
         raw = self.raw_delta(name)
-        w0 = self._w0().detach().float().to(raw.device)
+        w0 = self.base_weight().detach().float().to(raw.device)
         magnitude = self.lora_magnitude[name].float().to(raw.device)
         return deltas.dora_weight(w0, raw, magnitude, self.dora_axis[name], detach_norm=self.training) - w0
 
@@ -336,7 +358,7 @@ class LoraLayer(nn.Module):
     def _bias_shape(self, out: torch.Tensor) -> tuple[int, ...]:
         return (-1,)
 
-    def _side_paths(self) -> list[tuple[str, float]]:
+    def side_paths(self) -> list[tuple[str, float]]:
         """(adapter, weight) pairs forward must still add: the part not baked into the base weight."""
         if self._side is None:
             side = [(n, self.effective_weight(n) - self._merged.get(n, 0.0)) for n in self.rank]
@@ -346,7 +368,7 @@ class LoraLayer(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
         # Fully merged (the generation case) leaves nothing to add: base-model cost.
-        for name, w in self._side_paths():
+        for name, w in self.side_paths():
             if self.rank[name] > 0 and not self.is_low_rank(name):
                 delta = self.delta_weight(name)
                 out = out + w * self._apply_weight(x, delta.to(x.dtype) if not _autocast_on(x) else delta)
