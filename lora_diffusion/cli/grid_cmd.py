@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..generation.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .formatting import ShowDefaults
 
 
@@ -28,11 +29,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--weights2", default="0,0.5,1", help="column weights of --lora2")
     parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
     parser.add_argument("--negative-prompt", default="", metavar="TEXT")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_CFG)
     parser.add_argument("--width", type=int, default=None, help="cell width (default: the base's native size)")
     parser.add_argument("--height", type=int, default=None, help="cell height (default: the base's native size)")
-    parser.add_argument("--scheduler", default="DPM++ 2M")
+    parser.add_argument("--scheduler", default=DEFAULT_SAMPLER)
     parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--out", default="grid.png", help="the grid PNG to write")
     parser.set_defaults(run=run)

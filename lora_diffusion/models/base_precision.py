@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..startup import restore_import
+from .precisions import QUANTIZED
 
-QUANTIZED = ("fp8", "int8", "nf4")
 _NF4_BLOCK = 64  # values per NF4 scale (the QLoRA paper's block size)
 
 

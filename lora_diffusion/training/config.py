@@ -11,6 +11,9 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import UserError
+from ..lora.config import INIT_CHOICES, NETWORK_CHOICES
+from ..lora.targets import TEXT_PRESETS, UNET_PRESETS
+from ..models.precisions import BASE_PRECISIONS
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -18,11 +21,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
     "crop": ("center", "random"),
     "cache": ("auto", "memory", "disk", "off"),
-    "targets": ("attn", "attn-ff", "full"),
-    "text_targets": ("attn", "attn-mlp"),
-    "init": ("kaiming", "gaussian"),
-    "network": ("lora", "loha", "lokr"),
-    "base_precision": ("auto", "bf16", "fp16", "fp8", "int8", "nf4"),
+    "targets": tuple(UNET_PRESETS),
+    "text_targets": tuple(TEXT_PRESETS),
+    "init": INIT_CHOICES,
+    "network": NETWORK_CHOICES,
+    "base_precision": BASE_PRECISIONS,
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
     "nan_policy": ("skip", "stop"),

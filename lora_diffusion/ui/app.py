@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
+from ..generation.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..generation.schedulers import sampler_names
 from ..training.config import TrainConfig
 from ..training.curves import curve_rows, thin
@@ -105,7 +106,7 @@ class UiState:
             raise UserError(f"{Path(path).name}: not a readable PNG ({type(error).__name__})") from None
         tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in params.loras)
         missing = [name for name, _ in params.loras if name not in self.library.names()]
-        sampler = params.sampler if params.sampler in sampler_names() else "DPM++ 2M"
+        sampler = params.sampler if params.sampler in sampler_names() else DEFAULT_SAMPLER
         status = f"loaded {Path(path).name}" + (f"; not in the LoRA library: {', '.join(missing)}" if missing else "")
         return (params.prompt + tags, params.negative_prompt, params.seed, params.steps, params.cfg_scale,
                 params.width, params.height, sampler, status)
@@ -402,13 +403,13 @@ def build_app(state: UiState):
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, label="Seed (−1: random)", elem_id="seed")
                         dice = gr.Button("Random seed", size="sm")
-                        steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 15.0, value=5.0, step=0.5, label="Guidance (CFG)")
+                        steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="Steps")
+                        guidance = gr.Slider(1.0, 15.0, value=DEFAULT_CFG, step=0.5, label="Guidance (CFG)")
                     with gr.Row():
                         # 0 follows the picked base: 64 px built-in, 512 SD1.x, 768 SD2.x, 1024 SDXL
                         width = gr.Slider(0, 2048, value=0, step=8, label="Width (0: the base's native size)")
                         height = gr.Slider(0, 2048, value=0, step=8, label="Height (0: the base's native size)")
-                        scheduler = gr.Dropdown(sampler_names(), value="DPM++ 2M", label="Sampler")
+                        scheduler = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampler")
                         count = gr.Slider(1, 8, value=2, step=1, label="Images", elem_id="count")
                     generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     with gr.Accordion("PNG info: reuse an image's parameters", open=False):
