@@ -218,5 +218,14 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     return path
 
 
-__all__ = ["AdapterFile", "ModuleDelta", "ModuleLora", "ModuleLycoris", "read_adapter", "write_adapter", "to_state_dict",
+def file_dtype(adapter: AdapterFile) -> str:
+    """fp16 / bf16 / fp32: the dtype most of the adapter's tensors have (so conversion is lossless)."""
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    for module in adapter.modules.values():
+        if module.has_weight:
+            return names.get(module.tensors()[0].dtype, "fp32")
+    return "fp16"
+
+
+__all__ = ["AdapterFile", "ModuleDelta", "ModuleLora", "ModuleLycoris", "read_adapter", "write_adapter", "file_dtype", "to_state_dict",
            "SAVE_DTYPES", "META_PREFIX"]

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..safe_write import atomic_write
     from ..models.single_file import save_single_file
     from ..models.portable_save import save_pipeline
-    from .text import safe_text
+    from ..printable import safe_text
 
     out = Path(args.out)
     if out.exists():

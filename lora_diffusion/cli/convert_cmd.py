@@ -22,9 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapters.file import read_adapter, write_adapter
+    from ..adapters.file import file_dtype, read_adapter, write_adapter
     from .outputs import check_output, replaced_note
-    from .text import safe_text
+    from ..printable import safe_text
 
     existed = check_output(args.output, [args.input], flag="OUT")
     adapter = read_adapter(args.input)
@@ -34,12 +34,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def file_dtype(adapter) -> str:
-    """fp16 / bf16 / fp32: the dtype most of the adapter's tensors have (so conversion is lossless)."""
-    import torch
-
-    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    for module in adapter.modules.values():
-        if module.has_weight:
-            return names.get(module.tensors()[0].dtype, "fp32")
-    return "fp16"

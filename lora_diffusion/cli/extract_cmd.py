@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..families import get
     from ..models.loading import load_pipeline
     from .outputs import check_output, replaced_note
-    from .text import safe_text
+    from ..printable import safe_text
 
     existed = check_output(args.out, [args.base, args.tuned])
     base = pipeline_components(load_pipeline(args.base, allow_pickle=args.allow_pickle))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..adapters.file import read_adapter
 from ..adapters.summary import describe
-from .text import safe_text
+from ..printable import safe_text
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generation.engine import LoraChoice
     from ..errors import UserError
     from .outputs import check_output, replaced_note
-    from .text import safe_text
+    from ..printable import safe_text
 
     choices = [LoraChoice.parse(spec) for spec in args.inputs]
     if len(choices) > MAX_MERGE_INPUTS:

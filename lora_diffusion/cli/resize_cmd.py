@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters.file import read_adapter, write_adapter
     from ..adapters.tools import resize_adapter
     from .outputs import check_output, replaced_note
-    from .text import safe_text
+    from ..printable import safe_text
 
     existed = check_output(args.out, [args.input])
     adapter = read_adapter(args.input)

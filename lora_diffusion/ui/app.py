@@ -276,7 +276,7 @@ class UiState:
 
 def _convert(state: "UiState", name: str, layout: str) -> str:
     from ..adapters.file import read_adapter, write_adapter
-    from ..cli.convert_cmd import file_dtype
+    from ..adapters.file import file_dtype
 
     source = state.library.path(name)
     target = state.library.path(f"{source.stem}-{layout}", must_exist=False)
@@ -342,7 +342,7 @@ def _add_to_prompt(prompt: str, word) -> str:
 
 def _plain(text: str, limit: int = 2000) -> str:
     """One line of untrusted text, printable (control characters escaped) and cut to ``limit``."""
-    from ..cli.text import safe_text
+    from ..printable import safe_text
 
     return safe_text(text, limit=limit)
 

@@ -1,4 +1,4 @@
-"""Showing untrusted text (file metadata, names) on a terminal safely."""
+"""Text from files and users made safe to print: control characters escaped, long values cut."""
 
 from __future__ import annotations
 
