@@ -31,19 +31,20 @@ def _cfg(**values) -> TrainConfig:
 def test_builtin_on_cpu_gets_the_measured_profile():
     plan = derive_plan(_cfg(), BUILTIN, 24, CPU)
     c = plan.config
-    assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (64, 4, 780, 8, 8, 0.002)
-    assert (c.lr_scheduler, c.lr_warmup_steps, c.min_snr_gamma, c.caption_dropout) == ("cosine", 20, 5.0, 0.1)
+    assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (64, 4, 600, 8, 8, 0.002)
+    assert (c.lr_scheduler, c.lr_warmup_steps, c.min_snr_gamma, c.caption_dropout) == ("cosine", 15, 5.0, 0.1)
+    assert c.targets == "attn-ff" and plan.reasons["targets"] == "profile builtin"
     assert (c.mixed_precision, c.gradient_checkpointing, c.compile, c.compile_mode) == ("no", False, False, "default")
     assert plan.profile == "builtin" and plan.explicit == [] and plan.warnings == []
-    assert plan.reasons["steps"] == "130 passes over 24 images at batch 4"
+    assert plan.reasons["steps"] == "100 passes over 24 images at batch 4"
     assert plan.reasons["resolution"] == "the base's native size (builtin)"
     assert set(plan.reasons) == DERIVED
 
 
 @pytest.mark.parametrize("images, steps, why", [
-    (2, 200, "130 passes over 2 images at batch 4, kept in 200..800"),
-    (10, 325, "130 passes over 10 images at batch 4"),
-    (500, 800, "130 passes over 500 images at batch 4, kept in 200..800"),
+    (2, 200, "100 passes over 2 images at batch 4, kept in 200..800"),
+    (10, 250, "100 passes over 10 images at batch 4"),
+    (500, 800, "100 passes over 500 images at batch 4, kept in 200..800"),
 ])
 def test_steps_follow_the_number_of_images_within_the_profile_bounds(images, steps, why):
     plan = derive_plan(_cfg(), BUILTIN, images, CPU)
@@ -57,6 +58,7 @@ def test_sd1_from_a_real_tiny_pipeline_on_cpu():
     assert facts == BaseFacts("sd1", 32, "epsilon")
     c = derive_plan(_cfg(), facts, 24, CPU).config
     assert (c.resolution, c.batch_size, c.steps, c.rank, c.alpha, c.lr) == (32, 1, 2400, 16, 8, 1e-4)
+    assert c.targets == "attn"
 
 
 def test_sd2_v_on_an_h100_batches_up_and_replays_cuda_graphs_without_compiling():

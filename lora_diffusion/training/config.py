@@ -60,7 +60,7 @@ class TrainConfig:
     flip: bool = field(default=False, metadata={"help": "random horizontal flip"})
     bucketing: bool | None = field(default=None, metadata={"help": "aspect-ratio buckets for mixed image sizes"})
     train_text_encoder: bool = field(default=False, metadata={"help": "also train LoRA in the text encoder"})
-    targets: str = field(default="attn", metadata={"help": "UNet target preset"})
+    targets: str | None = field(default=None, metadata={"help": "UNet target preset: attn, attn-ff or full (derived: the base's profile)"})
     text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})
     init: str = field(default="kaiming", metadata={"help": "initialisation of A"})
     network: str = field(default="lora", metadata={"help": "adapter type: lora (B·A), loha or lokr (LyCORIS; saved in the layout A1111/ComfyUI load)"})
