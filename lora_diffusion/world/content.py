@@ -60,9 +60,11 @@ def layout_mask(image: Image.Image) -> np.ndarray:
     return fill_holes(distance > threshold)
 
 
-def same_place(a: Image.Image, b: Image.Image) -> bool:
-    """The two images' objects cover mostly the same pixels (IoU of their layout masks ≥ ``PLACE_IOU``)."""
-    ma, mb = layout_mask(a), layout_mask(b)
+def same_place(a: Image.Image | np.ndarray, b: Image.Image) -> bool:
+    """The two images' objects cover mostly the same pixels (IoU of their layout masks ≥ ``PLACE_IOU``);
+    ``a`` may be given as its layout mask already."""
+    ma = a if isinstance(a, np.ndarray) else layout_mask(a)
+    mb = layout_mask(b)
     union = (ma | mb).sum()
     return bool(union) and (ma & mb).sum() / union >= PLACE_IOU
 
@@ -81,7 +83,8 @@ def content_kept(style: str, scenes: list[Scene], base: list[Image.Image], style
     shape = np.mean([read_image(im).shape == scene.shape for scene, im in zip(scenes, styled)])
     possible = np.mean([read_image(im).shape == scene.shape for scene, im in zip(scenes, expected)])
     # a restyled base image that shows the checker no object says nothing about where the objects went
-    visible = [(want, got) for want, got in zip(expected, styled) if layout_mask(want).any()]
-    position = np.mean([same_place(want, got) for want, got in visible]) if visible else 0.0
+    masks = [layout_mask(want) for want in expected]
+    visible = [(mask, got) for mask, got in zip(masks, styled) if mask.any()]
+    position = np.mean([same_place(mask, got) for mask, got in visible]) if visible else 0.0
     reference = variety(expected)
     return ContentKept(float(shape), float(possible), float(position), variety(styled) / reference if reference else 0.0)
