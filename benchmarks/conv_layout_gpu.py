@@ -34,9 +34,9 @@ def run(base: Path, data: Path, out: Path, images: int, batch: int, extra: dict,
 
 
 def channels_last_loader():
-    import lora_diffusion.training.trainer as trainer
+    import lora_diffusion.training.run_setup as run_setup
 
-    real = trainer.load_pipeline
+    real = run_setup.load_pipeline
 
     def load(*args, **kwargs):
         pipe = real(*args, **kwargs)
@@ -44,7 +44,7 @@ def channels_last_loader():
         pipe.vae.to(memory_format=torch.channels_last)
         return pipe
 
-    trainer.load_pipeline = load
+    run_setup.load_pipeline = load
 
 
 def main() -> None:

@@ -48,14 +48,14 @@ if __name__ == "__main__":
 
     from lora_diffusion.training import trainer
     from lora_diffusion.training.config import TrainConfig
-    from lora_diffusion.training.encoders import Encoders
+    from lora_diffusion.training.step_inputs import StepInputs
 
     mark("import lora_diffusion")
     base, data = prepare(Path("/tmp/sd15bench"), 64)
     mark("benchmark data ready (not part of a job)")
     timed(trainer, "load_pipeline", "load base")
     timed(trainer.DeviceFacts, "detect", "device detect")
-    timed(Encoders, "encode_all", "encode pass")
+    timed(StepInputs, "encode_all", "encode pass")
     timed(torch.cuda, "make_graphed_callables", "graph capture")
     steps = []
     cfg = TrainConfig(base=str(base), data=str(data), output="/tmp/breakdown.safetensors", steps=20,

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,8 +115,9 @@ def assert_kill_and_resume_is_bit_identical(args, tmp_path, crash_at=3):
     straight = tmp_path / "straight" / "a.safetensors"
     assert subprocess.run(cmd + ["--output", str(straight)], capture_output=True, timeout=600).returncode == 0
     resumed = tmp_path / "resumed" / "a.safetensors"
-    env = dict(os.environ, LORA_DIFFUSION_TEST_CRASH_AT_STEP=str(crash_at))
-    crashed = subprocess.run(cmd + ["--output", str(resumed)], capture_output=True, timeout=600, env=env)
+    faulty = [sys.executable, str(Path(__file__).parent / "fault_cli.py"), "crash-after-checkpoint", str(crash_at),
+              "train", *args]
+    crashed = subprocess.run(faulty + ["--output", str(resumed)], capture_output=True, timeout=600)
     assert crashed.returncode == 137 and not resumed.exists()
     checkpoint = f"checkpoint-{crash_at:06d}"
     assert (tmp_path / "resumed" / "a-checkpoints" / checkpoint / "lora.safetensors").is_file()

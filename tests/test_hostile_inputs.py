@@ -234,6 +234,7 @@ def test_two_concurrent_training_starts_give_one_run_and_one_clear_refusal(tmp_p
 
     runs = []
     monkeypatch.setattr(jobs, "prepare_data", slow_copy)
+    monkeypatch.setattr(jobs, "preview_plan", lambda cfg: (None, ""))
     monkeypatch.setattr(jobs.TrainingJob, "_run", lambda self, cfg, final: runs.append(final) or time.sleep(0.2))
     monkeypatch.setattr(TrainConfig, "validate", lambda self: None)
     job = jobs.TrainingJob(LoraLibrary(tmp_path / "loras"))
@@ -282,6 +283,7 @@ def test_uploaded_training_data_is_removed_after_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr("lora_diffusion.training.trainer.train", failing_train)
     monkeypatch.setattr(TrainConfig, "validate", lambda self: None)
+    monkeypatch.setattr(jobs, "preview_plan", lambda cfg: (None, ""))
     upload = tmp_path / "a.png"
     upload.write_bytes(b"\x89PNG")
     job = jobs.TrainingJob(LoraLibrary(tmp_path / "loras"))
@@ -563,7 +565,7 @@ def test_a_confined_server_names_no_path_it_does_not_offer(tmp_path, builtin_lor
 
 def test_a_full_disk_at_the_end_of_training_writes_the_lora_elsewhere_and_says_where(tmp_path):
     from lora_diffusion.errors import UserError
-    from lora_diffusion.training.trainer import _save_or_rescue
+    from lora_diffusion.training.adapter_output import save_or_rescue
 
     output, checkpoints = tmp_path / "out" / "style.safetensors", tmp_path / "ckpt"
     written = []
@@ -575,7 +577,7 @@ def test_a_full_disk_at_the_end_of_training_writes_the_lora_elsewhere_and_says_w
         written.append(path)
 
     with pytest.raises(UserError) as error:
-        _save_or_rescue(output, checkpoints, save)
+        save_or_rescue(output, checkpoints, save)
     assert str(error.value) == (f"could not write {output} (No space left on device); any earlier file there is "
                                 f"unchanged; the trained LoRA was written to {checkpoints / 'style.safetensors'} instead "
                                 "(move it where you want it)")
@@ -588,4 +590,4 @@ def test_a_full_disk_at_the_end_of_training_writes_the_lora_elsewhere_and_says_w
     with pytest.raises(UserError, match=r"any earlier file there is unchanged; nor could it be written beside the "
                                         r"checkpoints or in the temp folder: free disk space and run again with "
                                         r"--resume latest$"):
-        _save_or_rescue(output, checkpoints, nowhere)
+        save_or_rescue(output, checkpoints, nowhere)

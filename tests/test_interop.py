@@ -183,7 +183,7 @@ def test_pickle_checkpoints_need_allow_pickle_and_load_weights_only(tmp_path, ti
     pipe = load_pipeline(tiny_base)
     # a .ckpt carries no configs; real ones get the SD1.5 reference configs (tested at full size in the
     # slow test below), this tiny one gets its own
-    monkeypatch.setattr(single_file, "_reference_configs", lambda arch: single_file._pipeline_configs(pipe))
+    monkeypatch.setattr(single_file, "reference_configs", lambda arch: single_file._pipeline_configs(pipe))
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": pipeline_to_original(pipe, "sd1")}, ckpt)
     with pytest.raises(UserError, match="pickle checkpoint, which can run code.*--allow-pickle"):

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -34,9 +35,9 @@ def test_a_missing_lora_file_is_named_before_the_base_loads(tmp_path, capsys, mo
 
 
 def test_a_missing_data_folder_with_a_slash_is_a_folder_error_not_a_hub_id(tmp_path, capsys, monkeypatch):
-    import lora_diffusion.training.trainer as trainer
+    import lora_diffusion.training.run_setup as run_setup
 
-    monkeypatch.setattr(trainer, "load_pipeline", lambda *a, **k: pytest.fail("the base was loaded"))
+    monkeypatch.setattr(run_setup, "load_pipeline", lambda *a, **k: pytest.fail("the base was loaded"))
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", "my_imgs/", "--output", "o.safetensors"]) == 2
     assert _error_line(capsys) == "error: data folder not found: my_imgs/; pass --data with a folder of images"
@@ -116,8 +117,8 @@ def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings
     out = tmp_path / "s.safetensors"
     common = [sys.executable, "-m", "lora_diffusion.cli.main", "train", "--base", tiny_base, "--data", str(data),
               "--output", str(out), "--steps", "6", "--batch-size", "2"]
-    env = dict(os.environ, LORA_DIFFUSION_TEST_INTERRUPT_AT_STEP="3")
-    cut = subprocess.run(common + ["--resolution", "32"], capture_output=True, text=True, env=env)
+    faulty = [sys.executable, str(Path(__file__).parent / "fault_cli.py"), "ctrl-c-after-step", "3", *common[3:]]
+    cut = subprocess.run(faulty + ["--resolution", "32"], capture_output=True, text=True)
     assert cut.returncode == 130, cut.stderr
     last = cut.stderr.replace("\r", "\n").rstrip("\n").split("\n")[-1]
     assert last == (f"interrupted after step 3 of 6: wrote the partial LoRA {tmp_path / 's-partial-step000003.safetensors'}"

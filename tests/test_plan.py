@@ -21,7 +21,7 @@ from lora_diffusion.training.plan import (
 CPU = DeviceFacts()
 H100 = DeviceFacts("cuda", 79.2, True, "NVIDIA H100 80GB HBM3")
 SMALL_OLD_GPU = DeviceFacts("cuda", 8.0, False, "Quadro 8 GB")
-BUILTIN = BaseFacts("builtin", 64)
+BUILTIN = BaseFacts("builtin", 64, upscale_warning=True)
 
 
 def _cfg(**values) -> TrainConfig:

@@ -100,16 +100,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_p
 
 # ---- numerical guards ---------------------------------------------------------------------------
 def _nan_at(monkeypatch, calls_with_nan):
-    import lora_diffusion.training.trainer as trainer
+    import lora_diffusion.training.objective as objective
 
-    real, count = trainer.denoising_loss, [0]
+    real, count = objective.denoising_loss, [0]
 
     def loss(*args, **kwargs):
         count[0] += 1
         value = real(*args, **kwargs)
         return value * float("nan") if count[0] in calls_with_nan else value
 
-    monkeypatch.setattr(trainer, "denoising_loss", loss)
+    monkeypatch.setattr(objective, "denoising_loss", loss)
 
 
 def test_nan_step_is_skipped_and_counted(tmp_path, monkeypatch, tiny_base, folder, capsys):

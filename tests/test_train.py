@@ -162,7 +162,7 @@ def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(ti
 
 
 def test_bucketed_batches_cache_every_shape_with_the_same_losses_as_uncached(tiny_base, tmp_path, monkeypatch):
-    from lora_diffusion.training import encoders
+    from lora_diffusion.training import step_inputs
 
     folder = tmp_path / "shapes"
     folder.mkdir()
@@ -170,8 +170,8 @@ def test_bucketed_batches_cache_every_shape_with_the_same_losses_as_uncached(tin
         Image.new("RGB", size, (40 * i, 120, 200 - 30 * i)).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(f"a shape number {i}")
     seen = []
-    real = encoders.Encoders.latent_batch
-    monkeypatch.setattr(encoders.Encoders, "latent_batch",
+    real = step_inputs.StepInputs.latent_batch
+    monkeypatch.setattr(step_inputs.StepInputs, "latent_batch",
                         lambda self, keys, *a, **k: (seen.append(len(keys)), real(self, keys, *a, **k))[1])
     # batch 2 over three buckets: the up-front encode pass batches each bucket's images on their own
     cached = train(_cfg(tiny_base, str(folder), tmp_path / "a.safetensors", bucketing=True, offload_encoders="on",
@@ -185,7 +185,7 @@ def test_bucketed_batches_cache_every_shape_with_the_same_losses_as_uncached(tin
 
 
 def test_encode_pass_batches_about_four_512px_images_or_the_training_batch():
-    from lora_diffusion.training.encoders import encode_pass_batch
+    from lora_diffusion.training.step_inputs import encode_pass_batch
 
     assert [encode_pass_batch(b, r) for b, r in [(1, 512), (1, 1024), (8, 512), (1, 768), (2, 64), (2, 32)]] == [
         4, 1, 8, 1, 64, 64]
@@ -193,7 +193,7 @@ def test_encode_pass_batches_about_four_512px_images_or_the_training_batch():
 
 def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached(tiny_base, style_folder, tmp_path,
                                                                                 monkeypatch):
-    from lora_diffusion.training import encoders
+    from lora_diffusion.training import step_inputs
 
     cached = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", flip=True, offload_encoders="on",
                         steps=12), progress=False)
@@ -201,8 +201,8 @@ def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached
                      progress=False)
     torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
     seen = []
-    real = encoders.Encoders.encode_all
-    monkeypatch.setattr(encoders.Encoders, "encode_all",
+    real = step_inputs.StepInputs.encode_all
+    monkeypatch.setattr(step_inputs.StepInputs, "encode_all",
                         lambda self, data, batch: (real(self, data, batch), seen.append(set(self.latents))))
     train(_cfg(tiny_base, style_folder, tmp_path / "c.safetensors", flip=True, offload_encoders="on", steps=1),
           progress=False)
@@ -211,20 +211,20 @@ def test_flipped_images_cache_both_orientations_with_the_same_losses_as_uncached
 
 def test_uncached_runs_encode_the_next_batch_during_the_step_with_identical_losses(tiny_base, style_folder, tmp_path,
                                                                                    monkeypatch):
-    from lora_diffusion.training import encoders
+    from lora_diffusion.training import step_inputs
 
     log = []
-    real_stage, real_encode = encoders.Encoders.stage, encoders.Encoders._encode_missing
-    monkeypatch.setattr(encoders.Encoders, "stage",
+    real_stage, real_encode = step_inputs.StepInputs.stage, step_inputs.StepInputs._encode_missing
+    monkeypatch.setattr(step_inputs.StepInputs, "stage",
                         lambda self, keys, pixels_for: (log.append("stage"), real_stage(self, keys, pixels_for))[1])
-    monkeypatch.setattr(encoders.Encoders, "_encode_missing",
+    monkeypatch.setattr(step_inputs.StepInputs, "_encode_missing",
                         lambda self, keys, pixels_for: (log.append(f"encode {len(keys)}"),
                                                         real_encode(self, keys, pixels_for))[1])
     staged = train(_cfg(tiny_base, style_folder, tmp_path / "a.safetensors", cache="off", flip=True, steps=4),
                    progress=False)
     # only the first batch is encoded by the step itself; each later one was staged during the step before
     assert log == ["encode 2", "stage", "encode 2", "stage", "encode 2", "stage", "encode 2"]
-    monkeypatch.setattr(encoders.Encoders, "stage", lambda self, keys, pixels_for: None)
+    monkeypatch.setattr(step_inputs.StepInputs, "stage", lambda self, keys, pixels_for: None)
     unstaged = train(_cfg(tiny_base, style_folder, tmp_path / "b.safetensors", cache="off", flip=True, steps=4),
                      progress=False)
     assert staged.losses == unstaged.losses
@@ -233,7 +233,7 @@ def test_uncached_runs_encode_the_next_batch_during_the_step_with_identical_loss
 def test_a_staged_batch_serves_only_the_batch_with_the_same_keys():
     from types import SimpleNamespace
 
-    from lora_diffusion.training.encoders import Encoders
+    from lora_diffusion.training.step_inputs import StepInputs
 
     encoded = []
 
@@ -244,7 +244,7 @@ def test_a_staged_batch_serves_only_the_batch_with_the_same_keys():
             encoded.append(pixels[:, 0, 0, 0].tolist())
             return SimpleNamespace(latent_dist=SimpleNamespace(mean=pixels, std=torch.zeros_like(pixels)))
 
-    enc = Encoders(Vae(), None, torch.device("cpu"), cache_latents=False, cache_text=False)
+    enc = StepInputs(Vae(), None, torch.device("cpu"), cache_latents=False, cache_text=False)
     pixels_for = lambda key: torch.full((1, 2, 2), float(key))  # noqa: E731
     enc.stage([1, 2], pixels_for)
     first = enc.latent_batch([1, 2], pixels_for, torch.Generator())

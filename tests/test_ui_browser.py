@@ -75,7 +75,11 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
     captions = [p.with_suffix(".txt") for p in images]
     page.locator("#train-files input[type=file]").set_input_files([str(p) for p in images + captions])
     page.locator("#train-files").get_by_text(images[0].name).first.wait_for(timeout=30_000)
-    page.locator("#train-steps input").fill("40")
+    page.locator("#train-plan-button").click()  # the plan, before anything starts: every field still "auto"
+    page.wait_for_function("() => document.querySelector('#train-plan textarea').value.startsWith("
+                           "'plan: profile builtin')", timeout=60_000)
+    assert "steps = 200  (100 passes over 4 images" in page.locator("#train-plan textarea").input_value()
+    page.locator("#train-steps textarea").fill("40")
     page.locator("#train-start").click()
     # the live curve: its label counts the steps plotted; wait until it holds at least two
     page.wait_for_function(

@@ -95,7 +95,7 @@ def test_two_hundred_hostile_requests_leave_the_server_responsive_and_bounded(tm
     def start_training():
         client = Client(url, verbose=False)
         outcome = expect_refusal(lambda: client.predict(
-            "soaked", [handle_file(str(image))], "", "a red square", "", 4, 4, 2, 1e-3, 64, False, "builtin",
+            "soaked", [handle_file(str(image))], "", "a red square", "", "4", "4", "2", "1e-3", "64", False, "builtin",
             api_name="/start_training"))
         outcomes["train"].append(outcome or "started")
 

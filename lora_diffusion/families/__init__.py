@@ -45,6 +45,12 @@ def family_of(model) -> Family:
     return family_of_config(dict(config) if config is not None else None, second_text_encoder=second)
 
 
+def family_of_checkpoint(keys) -> Family | None:
+    """The family of a single-file checkpoint from its tensor names (None: not one this version can load)."""
+    keys = frozenset(keys)
+    return next((family for family in _ORDER if family.checkpoint_recognises(keys)), None)
+
+
 def family_from_kohya_version(version: str) -> Family | None:
     """The family an ``ss_base_model_version`` names (kohya, A1111, ComfyUI, Civitai write it), if any."""
     for family in _ORDER:
@@ -60,5 +66,5 @@ def family_of_text_width(width: int, *, second_text_encoder: bool = False) -> Fa
     return family_of_config({"cross_attention_dim": width})
 
 
-__all__ = ["FAMILIES", "Family", "family_from_kohya_version", "family_of", "family_of_config",
+__all__ = ["FAMILIES", "Family", "family_from_kohya_version", "family_of", "family_of_checkpoint", "family_of_config",
            "family_of_text_width", "get"]

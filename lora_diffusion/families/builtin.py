@@ -10,4 +10,5 @@ MARKER = "_lora_diffusion_base"  # in the UNet's config.json: lets loaders and a
 FAMILY = Family(
     name="builtin", label="the built-in base", kohya_version="lora_diffusion_builtin", profile="builtin",
     recognises=lambda config: config.get(MARKER) is True, conditioning=_conditioning,
+    upscale_warning=True,  # 64 px and small: larger images cost quadratically more and teach it nothing it can draw
 )

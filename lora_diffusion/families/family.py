@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
+
+from ..lora.targets import UNET_PRESETS
+from .shared import ddpm_objective, unet_native_resolution
 
 
 @dataclass(frozen=True)
 class Family:
     """One kind of base model.
 
-    ``recognises`` looks at a denoiser's config (a dict) and says whether it is this family's; ``text_encoders``
-    maps kohya roles (``te``, or ``te1``/``te2``) to the pipeline attributes that hold them, in order;
-    ``conditioning`` builds the trainer's conditioning (captions → the denoiser's inputs) for a loaded pipeline.
+    ``recognises`` looks at a denoiser's config (a dict) and ``checkpoint_recognises`` at a single-file checkpoint's
+    tensor names, and each says whether it is this family's; ``text_encoders`` maps kohya roles (``te``, or
+    ``te1``/``te2``) to the pipeline attributes that hold them, in order. From a loaded pipeline, ``conditioning``
+    builds the trainer's conditioning (captions → the denoiser's inputs) and ``objective`` its training objective
+    (noise, timesteps or σ, prediction target, loss weighting). ``target_presets`` are the LoRA target presets over
+    its denoiser's modules; ``native_resolution`` reads the pixel size the base was trained at from its component
+    configs (``models/base_configs.py``: no weight needs loading).
     """
 
     name: str  # what files and plans call it: sd1, sd2, sdxl, builtin, custom
@@ -25,6 +32,12 @@ class Family:
     v2: bool = False  # kohya's ss_v2 flag
     recognises: Callable[[dict], bool] = lambda config: False
     conditioning: Callable[..., object] | None = None  # (pipe, base) -> conditioning; None: cannot train
+    objective: Callable[[object], object] = ddpm_objective  # pipe -> an objective with .loss(...)
+    # preset name (attn, attn-ff, full) -> glob patterns over the denoiser's module paths
+    target_presets: Mapping[str, Sequence[str]] = field(default_factory=lambda: UNET_PRESETS)
+    checkpoint_recognises: Callable[[frozenset], bool] = lambda keys: False  # a single-file checkpoint's tensor names
+    upscale_warning: bool = False  # warn when training above the native size (a base that never saw larger images)
+    native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

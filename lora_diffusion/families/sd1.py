@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .family import Family
-from .shared import cross_attention_dim
+from .shared import cross_attention_dim, sd_checkpoint
 
 
 def _conditioning(pipe, base: str):
@@ -17,5 +17,6 @@ def _conditioning(pipe, base: str):
 
 FAMILY = Family(
     name="sd1", label="SD1.x", kohya_version="sd_v1", profile="sd1",
+    checkpoint_recognises=sd_checkpoint,
     recognises=lambda config: cross_attention_dim(config) == 768, conditioning=_conditioning,
 )

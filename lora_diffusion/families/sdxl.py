@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .family import Family
-from .shared import cross_attention_dim
+from .shared import cross_attention_dim, sd_checkpoint
 
 
 def _recognises(config: dict) -> bool:
@@ -27,4 +27,5 @@ FAMILY = Family(
     name="sdxl", label="SDXL", kohya_version="sdxl_base_v1-0", kohya_aliases=("sdxl_base_v0-9",), profile="sdxl",
     text_encoders={"te1": "text_encoder", "te2": "text_encoder_2"}, recognises=_recognises,
     conditioning=_conditioning,
+    checkpoint_recognises=lambda keys: sd_checkpoint(keys) and any(k.startswith("conditioner.embedders.1.") for k in keys),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ def inject_adapter(
     *,
     kind: str = "unet",
     dtype: torch.dtype | None = None,
+    presets: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """Add a fresh adapter ``name`` to every module of ``model`` that ``targets`` select.
 
@@ -62,9 +63,10 @@ def inject_adapter(
     "attn-mlp") or glob patterns over module paths (``*attn2.to_k``). Each pattern
     must match at least one Linear/Conv2d, else ``UserError`` names it. The whole
     model is frozen; only the new A/B (and bias deltas, per ``config.bias``) train.
+    ``presets`` are the base family's preset patterns (``Family.target_presets``; default: the SD UNet's).
     Returns the wrapped module paths.
     """
-    patterns = resolve_patterns(targets, kind)
+    patterns = resolve_patterns(targets, kind, presets)
     modules = list(base_modules(model))
     hits = {p: [path for path, _ in modules if fnmatchcase(path, p)] for p in patterns}
     for pattern, found in hits.items():

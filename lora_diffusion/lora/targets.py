@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 _UNET_ATTN = [
     f"*transformer_blocks.*.{attn}.{proj}"
@@ -41,9 +41,11 @@ TEXT_PRESETS: dict[str, list[str]] = {
 PRESETS = {"unet": UNET_PRESETS, "text": TEXT_PRESETS}
 
 
-def resolve_patterns(targets: str | Sequence[str], kind: str) -> list[str]:
-    """Expand preset names (for ``kind`` "unet" or "text") and keep glob patterns as given."""
-    presets = PRESETS[kind]
+def resolve_patterns(targets: str | Sequence[str], kind: str,
+                     presets: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Expand preset names (``presets``, or the defaults for ``kind`` "unet" or "text") and keep glob patterns as
+    given. A base family names its denoiser's presets (``Family.target_presets``): module paths differ by family."""
+    presets = PRESETS[kind] if presets is None else presets
     items = [targets] if isinstance(targets, str) else list(targets)
     patterns: list[str] = []
     for item in items:

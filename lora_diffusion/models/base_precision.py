@@ -34,8 +34,9 @@ def _torchao(flag_value: str):
     return quantization
 
 
-def check_base_precision(precision: str, device: torch.device, *, dora: bool, compile: bool) -> None:
-    """One error line for a combination that cannot work, before any model is loaded."""
+def check_quantization_available(precision: str, device: torch.device) -> None:
+    """One error line when this machine cannot store the base as ``precision`` (before any model is loaded);
+    combinations with other settings are the plan's to check (``plan.check_combinations``)."""
     if precision not in QUANTIZED:
         return
     _torchao(precision)
@@ -47,12 +48,6 @@ def check_base_precision(precision: str, device: torch.device, *, dora: bool, co
         if capability < (8, 9):
             raise UserError(f"--base-precision fp8 needs compute capability 8.9+ (Ada, Hopper); this GPU has "
                             f"{capability[0]}.{capability[1]}: use --base-precision int8 or nf4")
-    if dora:
-        raise UserError(f"--dora with --base-precision {precision}: DoRA normalises the full-precision base weight "
-                        "every step; train DoRA with --base-precision auto, or drop --dora")
-    if compile:
-        raise UserError(f"--compile with --base-precision {precision}: the quantized weights are not compiled here; "
-                        "drop --compile (CUDA graphs still apply)")
 
 
 def _frozen_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -119,4 +114,4 @@ def stored_bytes(model: nn.Module) -> int:
     return total
 
 
-__all__ = ["QUANTIZED", "check_base_precision", "quantize_frozen", "is_quantized", "stored_bytes"]
+__all__ = ["QUANTIZED", "check_quantization_available", "quantize_frozen", "is_quantized", "stored_bytes"]

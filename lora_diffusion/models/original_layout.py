@@ -158,12 +158,9 @@ def pipeline_to_original(pipe, arch: str) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_architecture(keys) -> str | None:
-    """sd1 / sd2 / sdxl from a single-file checkpoint's tensor names (None: not an SD checkpoint)."""
-    keys = set(keys)
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        return None
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    return "sd1"
+    """sd1 / sd2 / sdxl from a single-file checkpoint's tensor names (None: not an SD checkpoint); the families
+    say which names mark them (``Family.checkpoint_recognises``)."""
+    from ..families import family_of_checkpoint
+
+    family = family_of_checkpoint(keys)
+    return family.name if family is not None else None

@@ -38,7 +38,7 @@ SD_SCHEDULER = dict(
 )
 
 
-def _reference_configs(arch: str) -> dict[str, dict]:
+def reference_configs(arch: str) -> dict[str, dict]:
     spec = ARCHITECTURES[arch]
     configs = {"unet": dict(spec["unet"]), "vae": dict(SD_VAE), "scheduler": dict(SD_SCHEDULER)}
     if arch == "sdxl":
@@ -175,9 +175,9 @@ def load_single_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
                 "a LoRA file goes to --lora, a diffusers model is a folder"
             )
         try:
-            configs = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else _reference_configs(arch)
+            configs = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else reference_configs(arch)
         except json.JSONDecodeError:
-            configs = _reference_configs(arch)
+            configs = reference_configs(arch)
         folder = tmp / "config"
         folder.mkdir()
         _write_config_folder(folder, arch, configs)

@@ -64,3 +64,19 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
         weight = clipped / ratio if prediction_type == "epsilon" else clipped / (ratio + 1)
         loss = loss * weight
     return loss.mean()
+
+
+class DdpmObjective:
+    """DDPM training of an SD-style denoiser (``Family.objective`` builds it from the base's scheduler config)."""
+
+    def __init__(self, scheduler_config):
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler.from_config(scheduler_config)
+
+    def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
+             added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share) -> torch.Tensor:
+        """The batch's mean loss (see ``denoising_loss``)."""
+        return denoising_loss(denoiser, self.scheduler, latents, text_states, generator,
+                              added_cond_kwargs=added_cond_kwargs, min_snr_gamma=min_snr_gamma,
+                              noise_offset=noise_offset, share=share)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..models.precisions import QUANTIZED
 from .config import DERIVED, TrainConfig
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -29,14 +30,25 @@ class BaseFacts:
     arch: str  # builtin / sd1 / sd2 / sdxl / custom
     native_resolution: int
     prediction_type: str = "epsilon"
+    upscale_warning: bool = False  # the family warns when training above its native size
 
     @classmethod
     def of_pipeline(cls, pipe) -> "BaseFacts":
-        from ..families import family_of
+        configs = {name: dict(getattr(pipe, name).config) for name in ("unet", "transformer", "vae", "scheduler")
+                   if getattr(pipe, name, None) is not None}
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            configs["text_encoder_2"] = {}
+        return cls.of_configs(configs)
 
-        arch = family_of(pipe).name
-        native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-        return cls(arch, native, str(pipe.scheduler.config.get("prediction_type", "epsilon")))
+    @classmethod
+    def of_configs(cls, configs: dict[str, dict]) -> "BaseFacts":
+        """From a base's component configs (``models/base_configs.py``), before or without loading it."""
+        from ..families import family_of_config
+
+        denoiser = configs.get("unet") or configs.get("transformer")
+        family = family_of_config(denoiser, second_text_encoder="text_encoder_2" in configs)
+        prediction = str(configs.get("scheduler", {}).get("prediction_type", "epsilon"))
+        return cls(family.name, family.native_resolution(configs), prediction, family.upscale_warning)
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class Plan:
     reasons: dict[str, str] = field(default_factory=dict)  # derived key -> why
     explicit: list[str] = field(default_factory=list)  # keys the user set among the derivable ones
     warnings: list[str] = field(default_factory=list)
+
+    def put(self, key: str, value: Any, reason: str) -> None:
+        """Fill ``key`` with ``value`` (and say why) unless it is already set."""
+        if getattr(self.config, key) is None:
+            setattr(self.config, key, value)
+            self.reasons[key] = reason
 
     def as_metadata(self) -> dict[str, Any]:
         return {"profile": self.profile, "derived": dict(self.reasons), "set_by_user": list(self.explicit)}
@@ -126,24 +144,31 @@ def _gpu_row(rows: list[list[float]], memory_gib: float) -> Any:
     return fitting[-1] if fitting else rows[0][1]
 
 
-def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:
-    """A copy of ``config`` with every ``None`` key filled in, and the reasons."""
-    name = profile_for(base.arch)
-    profile = load_profile(name)
+def plan_device(config: TrainConfig, device: DeviceFacts) -> Plan:
+    """Phase one, before the base loads: a copy of ``config`` with its training dtype (``mixed_precision``) set."""
     cfg = dataclasses.replace(config)
     if cfg.resolution == 0:  # the UI's and older configs' way to say "the base's own size"
         cfg.resolution = None
-    plan = Plan(cfg, name, explicit=[k for k in sorted(DERIVED) if getattr(cfg, k) is not None])
-    why = plan.reasons
+    plan = Plan(cfg, "", explicit=[k for k in sorted(DERIVED) if getattr(cfg, k) is not None])
+    if cfg.base_precision in ("bf16", "fp16"):  # a base stored in half precision is the training dtype
+        if cfg.mixed_precision not in (None, cfg.base_precision):
+            raise UserError(f"--base-precision {cfg.base_precision} with --mixed-precision {cfg.mixed_precision}: the "
+                            "base is stored in the training dtype; give one of them, or the same value to both")
+        plan.put("mixed_precision", cfg.base_precision, f"--base-precision {cfg.base_precision}")
+    plan.put("mixed_precision", *default_precision(device))
+    return plan
 
-    def put(key: str, value: Any, reason: str) -> None:
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, value)
-            why[key] = reason
 
+def complete_plan(plan: Plan, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:
+    """Phase two, once the base is loaded: every other key left ``None`` is filled, then every combination of
+    settings is checked, once (``check_combinations``)."""
+    name = profile_for(base.arch)
+    profile = load_profile(name)
+    plan.profile = name
+    cfg, put = plan.config, plan.put
     on_gpu = device.kind == "cuda"
     put("resolution", base.native_resolution, f"the base's native size ({base.arch})")
-    if cfg.resolution > base.native_resolution and base.arch == "builtin":
+    if cfg.resolution > base.native_resolution and base.upscale_warning:
         plan.warnings.append(
             f"--resolution {cfg.resolution} is above the built-in base's native {base.native_resolution} px: "
             f"each step costs about {(cfg.resolution / base.native_resolution) ** 2:.0f}x more and the base "
@@ -158,27 +183,50 @@ def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: Devic
     bound = "" if steps == wanted else f", kept in {rule['min']}..{rule['max']}"
     put("steps", steps, f"{rule['image_passes']} passes over {images} images at batch {cfg.batch_size}{bound}")
     for key, value in profile["settings"].items():
-        if key == "alpha" and config.rank is not None and config.alpha is None:
+        if key == "alpha" and "rank" in plan.explicit and "alpha" not in plan.explicit:
             # a rank the user chose keeps the profile's alpha/rank scale
             put("alpha", value / profile["settings"]["rank"] * cfg.rank, f"profile {name}'s alpha/rank scale")
         else:
             put(key, value, f"profile {name}")
     put("lr_warmup_steps", round(profile["lr_warmup_fraction"] * cfg.steps),
         f"{profile['lr_warmup_fraction']:g} of the steps")
-    put("mixed_precision", *default_precision(device))
     below = profile["gradient_checkpointing_below_gib"]
     put("gradient_checkpointing", bool(on_gpu and device.memory_gib < below),
         f"GPU has under {below} GiB" if on_gpu and device.memory_gib < below else "not needed for memory")
-    long_run = profile["compile_from_steps"] and on_gpu and cfg.steps >= profile["compile_from_steps"]
-    put("compile", bool(long_run), f"{cfg.steps} GPU steps repay the compile" if long_run else
-        "a compile costs minutes; not repaid at this length or device")
-    put("compile_mode", "reduce-overhead" if cfg.compile else "default",
-        "CUDA graphs" if cfg.compile else "no compile")
+    _plan_compile(plan, profile, device)
     blocker = _cuda_graph_blocker(cfg, device)
     put("cuda_graphs", blocker is None, blocker or "the step is launch-bound; graphs are captured in seconds")
+    check_combinations(cfg, device)
+    return plan
+
+
+def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:
+    """A copy of ``config`` with every ``None`` key filled in, and the reasons (both phases at once)."""
+    return complete_plan(plan_device(config, device), base, images, device)
+
+
+def _plan_compile(plan: Plan, profile: dict, device: DeviceFacts) -> None:
+    cfg = plan.config
+    if cfg.base_precision in QUANTIZED:
+        plan.put("compile", False, f"the {cfg.base_precision} base is not compiled")
+    long_run = profile["compile_from_steps"] and device.kind == "cuda" and cfg.steps >= profile["compile_from_steps"]
+    plan.put("compile", bool(long_run), f"{cfg.steps} GPU steps repay the compile" if long_run else
+             "a compile costs minutes; not repaid at this length or device")
+    plan.put("compile_mode", "reduce-overhead" if cfg.compile else "default",
+             "CUDA graphs" if cfg.compile else "no compile")
+
+
+def check_combinations(cfg: TrainConfig, device: DeviceFacts) -> None:
+    """One error line for settings that cannot be used together; every key is filled when this runs."""
+    if cfg.base_precision in QUANTIZED and cfg.dora:
+        raise UserError(f"--dora with --base-precision {cfg.base_precision}: DoRA normalises the full-precision base "
+                        "weight every step; train DoRA with --base-precision auto, or drop --dora")
+    if cfg.base_precision in QUANTIZED and cfg.compile:
+        raise UserError(f"--compile with --base-precision {cfg.base_precision}: the quantized weights are not compiled "
+                        "here; drop --compile (CUDA graphs still apply)")
+    blocker = _cuda_graph_blocker(cfg, device)
     if cfg.cuda_graphs and blocker:
         raise UserError(f"--cuda-graphs cannot be used here: {blocker}; leave --cuda-graphs unset or pass --no-cuda-graphs")
-    return plan
 
 
 def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts) -> str | None:

@@ -23,6 +23,9 @@ from ..training.curves import curve_rows, thin
 from .jobs import TrainingJob
 from .library import LoraLibrary, loss_curve, trigger_words
 
+# the Train tab's settings: the config keys (the CLI's flags) with their labels; each defaults to "auto"
+TRAIN_FIELDS = {"rank": "Rank", "alpha": "Alpha", "steps": "Steps", "lr": "Learning rate",
+                "resolution": "Resolution (px)"}
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
 MAX_UPLOAD_MB = 2048
 
@@ -182,21 +185,32 @@ class UiState:
         return str(path), f"rows: {' | '.join(rows)}\ncolumns: {' | '.join(c.label for c in columns)}"
 
     # ---- train ------------------------------------------------------------------------------
-    def start_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str, rank: float,
-                       alpha: float, steps: float, lr: float, resolution: float, train_te: bool, base: str) -> str:
-        steps = int(steps)
-        cfg = TrainConfig(
-            base=self.checked_base(base), steps=steps, rank=int(rank), alpha=float(alpha), lr=float(lr),
-            resolution=int(resolution), train_text_encoder=bool(train_te), caption=caption or "",
-            trigger_word=(trigger or "").strip(), batch_size=1, lr_scheduler="cosine",
-            sample_every=max(1, steps // 4), validation_steps=12,
-            validation_prompts=[p for p in [(trigger or caption or "").strip()] if p],
-        )
-        uploads = [str(getattr(f, "name", f)) for f in (files or [])]
+    def training_config(self, trigger: str, caption: str, train_te: bool, base: str, **settings: str) -> TrainConfig:
+        """The run the Train tab describes: the same keys ``lora-diffusion train`` takes, "auto" (or empty) left
+        to the plan, so a page-trained LoRA gets the CLI's settings on the same data."""
+        from ..training.config import apply_values
+
+        cfg = TrainConfig(base=self.checked_base(base), caption=caption or "", trigger_word=(trigger or "").strip(),
+                          train_text_encoder=bool(train_te), validation_steps=12,
+                          validation_prompts=[p for p in [(trigger or caption or "").strip()] if p])
+        values = {key: "auto" if str(value).strip() in ("", "auto") else str(value).strip()
+                  for key, value in settings.items()}
+        return apply_values(cfg, values, "Train tab")
+
+    def preview_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str,
+                         train_te: bool, base: str, **settings: str) -> str:
+        """The plan Start would train with, as ``lora-diffusion train`` prints it."""
+        cfg = self.training_config(trigger, caption, train_te, base, **settings)
+        return self.job.preview(cfg, _upload_paths(files), self.checked_folder(folder))
+
+    def start_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str,
+                       train_te: bool, base: str, **settings: str) -> tuple[str, str]:
+        """Start a background run; returns the status line and the plan it trains with."""
+        cfg = self.training_config(trigger, caption, train_te, base, **settings)
         if not (name or "").strip():
             raise UserError("give the new LoRA a name")
-        self.job.start(name, cfg, uploads, self.checked_folder(folder))
-        return self.train_status()[0]
+        self.job.start(name, cfg, _upload_paths(files), self.checked_folder(folder))
+        return self.train_status()[0], self.job.snapshot().plan
 
     def train_status(self) -> tuple[str, list[str], object]:
         """Status line, validation images and the loss curve (raw and smoothed) of the current run."""
@@ -272,6 +286,10 @@ class UiState:
         lines += [f"  {k}: {v}" for k, v in sorted(meta.items())]
         # each line made printable on its own: metadata comes from strangers and is shown as text only
         return "\n".join(_plain(line, 400) for line in lines)
+
+
+def _upload_paths(files: list | None) -> list[str]:
+    return [str(getattr(f, "name", f)) for f in (files or [])]
 
 
 def _convert(state: "UiState", name: str, layout: str) -> str:
@@ -374,225 +392,286 @@ def _user_errors(function):
     return wrapper
 
 
+def _by_name(function, named: dict, rest: list | None = None):
+    """A Gradio callback and its inputs, wired by name: ``function`` gets each component of ``named`` as the keyword
+    argument of that name (and the components of ``rest``, when given, as a list in ``rest=``)."""
+    names, extra = list(named), list(rest or [])
+
+    def call(*values):
+        kwargs = dict(zip(names, values[:len(names)]))
+        if rest is not None:
+            kwargs["rest"] = list(values[len(names):])
+        return function(**kwargs)
+
+    return call, [*named.values(), *extra]
+
+
 def build_app(state: UiState):
-    """The Gradio Blocks of the whole page."""
+    """The Gradio Blocks of the whole page: the Generate, Train and Library tabs, and what links them."""
     import gradio as gr
 
-    lora_names = state.library.names()
     with gr.Blocks(title="lora-diffusion", analytics_enabled=False) as demo:
         gr.Markdown("# lora-diffusion\nTrain LoRA adapters and blend them by weight.", elem_id="ld-title")
         with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    base = gr.Dropdown(state.base_choices(), value=state.default_base, label="Base model",
-                                       allow_custom_value=True, info="builtin, a model from the models folder, or a path")
-                    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background, sepia photo",
-                                        elem_id="prompt")
-                    negative = gr.Textbox(label="Negative prompt", lines=1)
-                    gr.Markdown("**LoRAs** — tick to use; weights add up (W = W₀ + Σ wᵢ·ΔWᵢ), −1 … 2.",
-                                elem_classes="ld-help")
-                    slots = []
-                    for i in range(LORA_SLOTS):
-                        with gr.Row(equal_height=True):
-                            on = gr.Checkbox(label="on", value=False, scale=0, min_width=60, elem_id=f"lora-on-{i}")
-                            name = gr.Dropdown(lora_names, value=None, label=f"LoRA {i + 1}", scale=3,
-                                               elem_id=f"lora-name-{i}")
-                            weight = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="weight", scale=3,
-                                               elem_id=f"lora-weight-{i}")
-                        slots += [on, name, weight]
-                    with gr.Row():
-                        seed = gr.Number(value=-1, precision=0, label="Seed (−1: random)", elem_id="seed")
-                        dice = gr.Button("Random seed", size="sm")
-                        steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 15.0, value=DEFAULT_CFG, step=0.5, label="Guidance (CFG)")
-                    with gr.Row():
-                        # 0 follows the picked base: 64 px built-in, 512 SD1.x, 768 SD2.x, 1024 SDXL
-                        width = gr.Slider(0, 2048, value=0, step=8, label="Width (0: the base's native size)")
-                        height = gr.Slider(0, 2048, value=0, step=8, label="Height (0: the base's native size)")
-                        scheduler = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampler")
-                        count = gr.Slider(1, 8, value=2, step=1, label="Images", elem_id="count")
-                    generate = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                    with gr.Accordion("PNG info: reuse an image's parameters", open=False):
-                        png = gr.File(label="PNG (lora-diffusion or A1111)", file_types=[".png"], elem_id="png-info")
-                        png_status = gr.Markdown(elem_id="png-status")
-                    with gr.Accordion("Compare: a weight grid (A1111's X/Y plot)", open=False, elem_id="compare"):
-                        gr.Markdown("Rows: weights of one LoRA. Columns: seeds, prompts (one per line; the prompt "
-                                    "above is the first) or a second LoRA's weights. Each column keeps its seed, "
-                                    "so only the weight changes down a column.", elem_classes="ld-help")
-                        with gr.Row():
-                            compare_lora = gr.Dropdown(lora_names, value=None, label="LoRA (rows)",
-                                                       elem_id="compare-lora")
-                            compare_weights = gr.Textbox(value="0,0.25,0.5,0.75,1", label="Row weights",
-                                                         elem_id="compare-weights")
-                        with gr.Row():
-                            compare_kind = gr.Radio(["seeds", "prompts", "second LoRA"], value="seeds",
-                                                    label="Columns", elem_id="compare-kind")
-                            compare_lora2 = gr.Dropdown(lora_names, value=None, label="Second LoRA",
-                                                        elem_id="compare-lora2")
-                        compare_values = gr.Textbox(value="1,2,3", lines=2, label="Column values: seeds, prompts "
-                                                    "(one per line) or the second LoRA's weights",
-                                                    elem_id="compare-values")
-                        compare_go = gr.Button("Make the grid", elem_id="compare-button")
-                with gr.Column(scale=3):
-                    gallery = gr.Gallery(label="Images", columns=2, height=520, elem_id="gallery", format="png")
-                    params = gr.Textbox(label="Parameters (also stored in each PNG)", lines=5, interactive=False,
-                                        elem_id="params")
-                    grid_image = gr.Image(label="Compare grid (saved in the outputs folder)", type="filepath",
-                                          format="png", elem_id="compare-grid", interactive=False)
-                    grid_axes = gr.Textbox(label="Grid axes", lines=2, interactive=False, elem_id="compare-axes")
-            dice.click(lambda: random.randrange(2**31), outputs=seed, concurrency_limit=None)
-            png.upload(_user_errors(state.png_fields), inputs=png,
-                       outputs=[prompt, negative, seed, steps, guidance, width, height, scheduler, png_status])
-            generate.click(_user_errors(lambda *a: state.generate(*a[:10], list(a[10:]))),
-                           inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler, count, *slots],
-                           outputs=[gallery, params], concurrency_id="engine", concurrency_limit=1,
-                           api_name="generate")
-            compare_go.click(_user_errors(state.compare),
-                             inputs=[base, prompt, negative, seed, steps, guidance, width, height, scheduler,
-                                     compare_lora, compare_weights, compare_kind, compare_values, compare_lora2],
-                             outputs=[grid_image, grid_axes], concurrency_id="engine", concurrency_limit=1)
-
+            generate = _generate_tab(state)
         with gr.Tab("Train", id="train"):
-            gr.Markdown("Upload images (or a .zip), or give a folder. Captions come from same-name .txt files; "
-                        "images without one use the caption below. The trigger word goes in front of every caption.",
-                        elem_classes="ld-help")
-            with gr.Row():
-                with gr.Column():
-                    new_name = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train-name")
-                    files = gr.File(label="Images, captions or a .zip", file_count="multiple",
-                                    file_types=["image", ".txt", ".zip"], elem_id="train-files")
-                    folder = gr.Textbox(label="…or an image folder on the server", elem_id="train-folder")
-                    caption = gr.Textbox(label="Caption for images without a .txt", elem_id="train-caption")
-                    trigger = gr.Textbox(label="Trigger word", placeholder="sks style")
-                with gr.Column():
-                    with gr.Row():
-                        rank = gr.Slider(1, 128, value=8, step=1, label="Rank")
-                        alpha = gr.Slider(1, 128, value=8, step=1, label="Alpha")
-                    with gr.Row():
-                        train_steps = gr.Number(value=400, precision=0, label="Steps", elem_id="train-steps")
-                        lr = gr.Number(value=1e-3, label="Learning rate")
-                        resolution = gr.Number(value=0, precision=0, label="Resolution (0: the base's own)")
-                    train_te = gr.Checkbox(label="Also train the text encoder", value=False)
-                    with gr.Row():
-                        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-                        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-                    status = gr.Markdown("No training run yet.", elem_id="train-status")
-                    # a validation image is a strip of one image per prompt: shown whole, one per row
-                    loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", height=260,
-                                            label="Loss (raw and smoothed)", elem_id="train-loss-plot",
-                                            color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
-                    samples = gr.Gallery(label="Validation images", columns=1, height=240, object_fit="contain",
-                                         elem_id="validation-gallery")
-            start.click(_user_errors(state.start_training),
-                        inputs=[new_name, files, folder, caption, trigger, rank, alpha, train_steps, lr, resolution,
-                                train_te, base], outputs=status, concurrency_limit=None)
-            stop.click(lambda: state.job.stop() or state.train_status()[0], outputs=status, concurrency_limit=None)
-            timer = gr.Timer(1.0)
-            def live_status():
-                text, images, frame = state.train_status()
-                steps = len(state.job.snapshot().losses)
-                label = f"Loss (raw and smoothed): {steps} step{'s' if steps != 1 else ''}"
-                return text, images, gr.update(value=frame, label=label)
-
-            timer.tick(live_status, outputs=[status, samples, loss_plot], concurrency_limit=None, show_progress="hidden")
-
+            train = _train_tab(state, generate["base"])
         with gr.Tab("Library", id="library"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    chosen = gr.Dropdown(lora_names, value=None, label="LoRA", elem_id="library-choice")
-                    refresh = gr.Button("Refresh list", elem_id="library-refresh")
-                    upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], elem_id="library-upload")
-                    rename_to = gr.Textbox(label="New name")
-                    with gr.Row():
-                        rename = gr.Button("Rename")
-                        delete = gr.Button("Delete", variant="stop")
-                    with gr.Row():
-                        to_diffusers = gr.Button("Copy as diffusers layout")
-                        to_kohya = gr.Button("Copy as kohya layout")
-                    merge_spec = gr.Textbox(label="Merge (exact): NAME:WEIGHT, …", placeholder="style:0.8, detail:-0.3")
-                    merge_name = gr.Textbox(label="Merged LoRA name")
-                    merge = gr.Button("Merge")
-                    library_msg = gr.Markdown("", elem_id="library-message")
-                with gr.Column(scale=2):
-                    cards = gr.Gallery(state.cards(), label="LoRAs (click a card)", columns=6, height=220,
-                                       object_fit="contain", allow_preview=False, elem_id="library-cards")
-                    words = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
-                                       label="Trigger words (click one to add it to the prompt)",
-                                       elem_id="library-trigger-words")
-                    curve = gr.LinePlot(None, x="step", y="loss", color="series", height=200,
-                                        label="Training loss of this LoRA", elem_id="library-loss-plot",
-                                        color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
-                    info = gr.Textbox(label="What the file holds", lines=22, interactive=False, elem_id="library-info")
-
-        def lists(selected=None):
-            names = state.library.names()
-            value = selected if selected in names else None
-            return ([gr.update(choices=names, value=value)] + [gr.update(choices=names) for _ in name_dropdowns]
-                    + [gr.update(value=state.cards())])
-
-        # every list of LoRA names on the page, refreshed together (and the library's cards after them)
-        name_dropdowns = [slots[3 * i + 1] for i in range(LORA_SLOTS)] + [compare_lora, compare_lora2]
-        def on_chosen(name):
-            text, samples, frame = state.details(name)
-            return text, gr.update(samples=samples), frame
-
-        chosen.change(_user_errors(on_chosen), inputs=chosen, outputs=[info, words, curve], concurrency_limit=None)
-        _card_name.__annotations__["event"] = gr.SelectData
-        cards.select(_card_name, outputs=chosen, concurrency_limit=None)
-        words.click(_add_to_prompt, inputs=[prompt, words], outputs=prompt, concurrency_limit=None)
-        refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns, cards], concurrency_limit=None)
-
-        def on_upload(file):
-            if file is None:
-                return ["", *lists()]
-            added = state.library.add(getattr(file, "name", file))
-            return [f"added **{_md(added)}**", *lists(added)]
-
-        def on_rename(old, new):
-            if not old:
-                raise UserError("choose a LoRA to rename")
-            renamed = state.library.rename(old, new)
-            return [f"renamed to **{_md(renamed)}**", *lists(renamed)]
-
-        def on_delete(name):
-            if not name:
-                raise UserError("choose a LoRA to delete")
-            state.library.delete(name)
-            return [f"deleted {_md(name)}", *lists()]
-
-        def on_convert(name, layout):
-            if not name:
-                raise UserError("choose a LoRA to convert")
-            made = _convert(state, name, layout)
-            return [f"wrote **{_md(made)}** ({layout} layout)", *lists(made)]
-
-        def on_merge(spec, new_name):
-            made = _merge(state, spec, new_name)
-            return [f"merged into **{_md(made)}**", *lists(made)]
-
-        library_outputs = [library_msg, chosen, *name_dropdowns, cards]
-        to_diffusers.click(_user_errors(lambda n: on_convert(n, "diffusers")), inputs=chosen, outputs=library_outputs,
-                           concurrency_limit=None)
-        to_kohya.click(_user_errors(lambda n: on_convert(n, "kohya")), inputs=chosen, outputs=library_outputs,
-                       concurrency_limit=None)
-        merge.click(_user_errors(on_merge), inputs=[merge_spec, merge_name], outputs=library_outputs, concurrency_limit=None)
-        upload.upload(_user_errors(on_upload), inputs=upload, outputs=library_outputs, concurrency_limit=None)
-        rename.click(_user_errors(on_rename), inputs=[chosen, rename_to], outputs=library_outputs, concurrency_limit=None)
-        delete.click(_user_errors(on_delete), inputs=chosen, outputs=library_outputs, concurrency_limit=None)
-        # a finished training run shows up in every list without a manual refresh
-        demo.load(lambda: lists(), outputs=[chosen, *name_dropdowns, cards])
-        finished = gr.State("")
-
-        def refresh_when_done(last):
-            s = state.job.snapshot()
-            key = f"{s.name}:{s.status}" if s.status in ("done", "stopped") else last
-            if key != last:
-                return [key, *lists()]
-            return [last] + [gr.update() for _ in range(len(name_dropdowns) + 2)]
-
-        timer.tick(refresh_when_done, inputs=finished, outputs=[finished, chosen, *name_dropdowns, cards],
-                   concurrency_limit=None, show_progress="hidden")
+            _library_tab(state, demo, generate, train["timer"])
     return demo
+
+
+def _generate_tab(state: UiState) -> dict:
+    """Prompt, LoRA slots, sampler settings, PNG info and the Compare grid; returns its named components."""
+    import gradio as gr
+
+    lora_names = state.library.names()
+    c: dict = {}
+    with gr.Row():
+        with gr.Column(scale=2):
+            c["base"] = gr.Dropdown(state.base_choices(), value=state.default_base, label="Base model",
+                                    allow_custom_value=True, info="builtin, a model from the models folder, or a path")
+            c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background, sepia photo",
+                                     elem_id="prompt")
+            c["negative"] = gr.Textbox(label="Negative prompt", lines=1)
+            gr.Markdown("**LoRAs** — tick to use; weights add up (W = W₀ + Σ wᵢ·ΔWᵢ), −1 … 2.", elem_classes="ld-help")
+            slots = []
+            for i in range(LORA_SLOTS):
+                with gr.Row(equal_height=True):
+                    on = gr.Checkbox(label="on", value=False, scale=0, min_width=60, elem_id=f"lora-on-{i}")
+                    name = gr.Dropdown(lora_names, value=None, label=f"LoRA {i + 1}", scale=3, elem_id=f"lora-name-{i}")
+                    weight = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="weight", scale=3,
+                                       elem_id=f"lora-weight-{i}")
+                slots += [on, name, weight]
+            c["slot_names"] = slots[1::3]
+            with gr.Row():
+                c["seed"] = gr.Number(value=-1, precision=0, label="Seed (−1: random)", elem_id="seed")
+                dice = gr.Button("Random seed", size="sm")
+                c["steps"] = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="Steps")
+                c["guidance"] = gr.Slider(1.0, 15.0, value=DEFAULT_CFG, step=0.5, label="Guidance (CFG)")
+            with gr.Row():
+                # 0 follows the picked base: 64 px built-in, 512 SD1.x, 768 SD2.x, 1024 SDXL
+                c["width"] = gr.Slider(0, 2048, value=0, step=8, label="Width (0: the base's native size)")
+                c["height"] = gr.Slider(0, 2048, value=0, step=8, label="Height (0: the base's native size)")
+                c["scheduler"] = gr.Dropdown(sampler_names(), value=DEFAULT_SAMPLER, label="Sampler")
+                count = gr.Slider(1, 8, value=2, step=1, label="Images", elem_id="count")
+            go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            with gr.Accordion("PNG info: reuse an image's parameters", open=False):
+                png = gr.File(label="PNG (lora-diffusion or A1111)", file_types=[".png"], elem_id="png-info")
+                png_status = gr.Markdown(elem_id="png-status")
+            compare = _compare_panel(lora_names)
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images", columns=2, height=520, elem_id="gallery", format="png")
+            params = gr.Textbox(label="Parameters (also stored in each PNG)", lines=5, interactive=False,
+                                elem_id="params")
+            grid_image = gr.Image(label="Compare grid (saved in the outputs folder)", type="filepath",
+                                  format="png", elem_id="compare-grid", interactive=False)
+            grid_axes = gr.Textbox(label="Grid axes", lines=2, interactive=False, elem_id="compare-axes")
+    c["compare_lora"], c["compare_lora2"] = compare["lora"], compare["lora2"]
+    shared = {key: c[key] for key in ("base", "prompt", "negative", "seed", "steps", "guidance", "width", "height",
+                                      "scheduler")}
+    dice.click(lambda: random.randrange(2**31), outputs=c["seed"], concurrency_limit=None)
+    png.upload(_user_errors(state.png_fields), inputs=png,
+               outputs=[c[k] for k in ("prompt", "negative", "seed", "steps", "guidance", "width", "height",
+                                       "scheduler")] + [png_status])
+    call, inputs = _by_name(lambda rest, **kw: state.generate(**kw, slots=rest), shared | {"num_images": count}, slots)
+    go.click(_user_errors(call), inputs=inputs, outputs=[gallery, params], concurrency_id="engine",
+             concurrency_limit=1, api_name="generate")
+    call, inputs = _by_name(state.compare, shared | {"lora": compare["lora"], "weights": compare["weights"],
+                                                     "kind": compare["kind"], "values": compare["values"],
+                                                     "lora2": compare["lora2"]})
+    compare["go"].click(_user_errors(call), inputs=inputs, outputs=[grid_image, grid_axes], concurrency_id="engine",
+                        concurrency_limit=1)
+    return c
+
+
+def _compare_panel(lora_names: list[str]) -> dict:
+    import gradio as gr
+
+    c: dict = {}
+    with gr.Accordion("Compare: a weight grid (A1111's X/Y plot)", open=False, elem_id="compare"):
+        gr.Markdown("Rows: weights of one LoRA. Columns: seeds, prompts (one per line; the prompt above is the first) "
+                    "or a second LoRA's weights. Each column keeps its seed, so only the weight changes down a column.",
+                    elem_classes="ld-help")
+        with gr.Row():
+            c["lora"] = gr.Dropdown(lora_names, value=None, label="LoRA (rows)", elem_id="compare-lora")
+            c["weights"] = gr.Textbox(value="0,0.25,0.5,0.75,1", label="Row weights", elem_id="compare-weights")
+        with gr.Row():
+            c["kind"] = gr.Radio(["seeds", "prompts", "second LoRA"], value="seeds", label="Columns",
+                                 elem_id="compare-kind")
+            c["lora2"] = gr.Dropdown(lora_names, value=None, label="Second LoRA", elem_id="compare-lora2")
+        c["values"] = gr.Textbox(value="1,2,3", lines=2, label="Column values: seeds, prompts (one per line) or the "
+                                 "second LoRA's weights", elem_id="compare-values")
+        c["go"] = gr.Button("Make the grid", elem_id="compare-button")
+    return c
+
+
+def _train_tab(state: UiState, base) -> dict:
+    """Data, name, the derived-by-default settings, the plan, and the live run; returns its named components."""
+    import gradio as gr
+
+    gr.Markdown("Upload images (or a .zip), or give a folder. Captions come from same-name .txt files; images without "
+                "one use the caption below. The trigger word goes in front of every caption. Settings left at "
+                "**auto** are derived for the base, the data and this machine, as `lora-diffusion train` does: "
+                "**Show the plan** says what they will be.", elem_classes="ld-help")
+    c: dict = {}
+    with gr.Row():
+        with gr.Column():
+            c["name"] = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train-name")
+            c["files"] = gr.File(label="Images, captions or a .zip", file_count="multiple",
+                                 file_types=["image", ".txt", ".zip"], elem_id="train-files")
+            c["folder"] = gr.Textbox(label="…or an image folder on the server", elem_id="train-folder")
+            c["caption"] = gr.Textbox(label="Caption for images without a .txt", elem_id="train-caption")
+            c["trigger"] = gr.Textbox(label="Trigger word", placeholder="sks style")
+        with gr.Column():
+            with gr.Row():
+                for key, label in TRAIN_FIELDS.items():
+                    c[key] = gr.Textbox(value="auto", label=label, elem_id=f"train-{key.replace('_', '-')}")
+            c["train_te"] = gr.Checkbox(label="Also train the text encoder", value=False)
+            with gr.Row():
+                show_plan = gr.Button("Show the plan", elem_id="train-plan-button")
+                start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            plan = gr.Textbox(label="Plan (what auto becomes, and why)", lines=8, interactive=False,
+                              elem_id="train-plan")
+            status = gr.Markdown("No training run yet.", elem_id="train-status")
+            loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", height=260,
+                                    label="Loss (raw and smoothed)", elem_id="train-loss-plot",
+                                    color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
+            # a validation image is a strip of one image per prompt: shown whole, one per row
+            samples = gr.Gallery(label="Validation images", columns=1, height=240, object_fit="contain",
+                                 elem_id="validation-gallery")
+    fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te")}
+    call, inputs = _by_name(state.preview_training, fields | {"base": base})
+    show_plan.click(_user_errors(call), inputs=inputs, outputs=plan, concurrency_limit=None)
+    call, inputs = _by_name(state.start_training, fields | {"base": base})
+    start.click(_user_errors(call), inputs=inputs, outputs=[status, plan], concurrency_limit=None,
+                api_name="start_training")
+    stop.click(lambda: state.job.stop() or state.train_status()[0], outputs=status, concurrency_limit=None)
+    c["timer"] = gr.Timer(1.0)
+
+    def live_status():
+        text, images, frame = state.train_status()
+        snapshot = state.job.snapshot()
+        steps = len(snapshot.losses)
+        label = f"Loss (raw and smoothed): {steps} step{'s' if steps != 1 else ''}"
+        return text, images, gr.update(value=frame, label=label), snapshot.plan or gr.update()
+
+    c["timer"].tick(live_status, outputs=[status, samples, loss_plot, plan], concurrency_limit=None,
+                    show_progress="hidden")
+    return c
+
+
+def _library_tab(state: UiState, demo, generate: dict, timer) -> None:
+    """Cards, facts, trigger words and loss curve of each LoRA; add, rename, delete, convert, merge. Every list of
+    LoRA names on the page is refreshed after a change here or a finished training run."""
+    import gradio as gr
+
+    lora_names = state.library.names()
+    with gr.Row():
+        with gr.Column(scale=1):
+            chosen = gr.Dropdown(lora_names, value=None, label="LoRA", elem_id="library-choice")
+            refresh = gr.Button("Refresh list", elem_id="library-refresh")
+            upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], elem_id="library-upload")
+            rename_to = gr.Textbox(label="New name")
+            with gr.Row():
+                rename = gr.Button("Rename")
+                delete = gr.Button("Delete", variant="stop")
+            with gr.Row():
+                to_diffusers = gr.Button("Copy as diffusers layout")
+                to_kohya = gr.Button("Copy as kohya layout")
+            merge_spec = gr.Textbox(label="Merge (exact): NAME:WEIGHT, …", placeholder="style:0.8, detail:-0.3")
+            merge_name = gr.Textbox(label="Merged LoRA name")
+            merge = gr.Button("Merge")
+            library_msg = gr.Markdown("", elem_id="library-message")
+        with gr.Column(scale=2):
+            cards = gr.Gallery(state.cards(), label="LoRAs (click a card)", columns=6, height=220,
+                               object_fit="contain", allow_preview=False, elem_id="library-cards")
+            words = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
+                               label="Trigger words (click one to add it to the prompt)", elem_id="library-trigger-words")
+            curve = gr.LinePlot(None, x="step", y="loss", color="series", height=200,
+                                label="Training loss of this LoRA", elem_id="library-loss-plot",
+                                color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
+            info = gr.Textbox(label="What the file holds", lines=22, interactive=False, elem_id="library-info")
+    # every list of LoRA names on the page, refreshed together (and the library's cards after them)
+    name_dropdowns = [*generate["slot_names"], generate["compare_lora"], generate["compare_lora2"]]
+
+    def lists(selected=None):
+        names = state.library.names()
+        value = selected if selected in names else None
+        return ([gr.update(choices=names, value=value)] + [gr.update(choices=names) for _ in name_dropdowns]
+                + [gr.update(value=state.cards())])
+
+    def on_chosen(name):
+        text, samples, frame = state.details(name)
+        return text, gr.update(samples=samples), frame
+
+    chosen.change(_user_errors(on_chosen), inputs=chosen, outputs=[info, words, curve], concurrency_limit=None)
+    _card_name.__annotations__["event"] = gr.SelectData
+    cards.select(_card_name, outputs=chosen, concurrency_limit=None)
+    words.click(_add_to_prompt, inputs=[generate["prompt"], words], outputs=generate["prompt"], concurrency_limit=None)
+    refresh.click(lambda: lists(), outputs=[chosen, *name_dropdowns, cards], concurrency_limit=None)
+    actions = _library_actions(state, lists)
+    library_outputs = [library_msg, chosen, *name_dropdowns, cards]
+    to_diffusers.click(_user_errors(lambda n: actions["convert"](n, "diffusers")), inputs=chosen,
+                       outputs=library_outputs, concurrency_limit=None)
+    to_kohya.click(_user_errors(lambda n: actions["convert"](n, "kohya")), inputs=chosen, outputs=library_outputs,
+                   concurrency_limit=None)
+    merge.click(_user_errors(actions["merge"]), inputs=[merge_spec, merge_name], outputs=library_outputs,
+                concurrency_limit=None)
+    upload.upload(_user_errors(actions["upload"]), inputs=upload, outputs=library_outputs, concurrency_limit=None,
+                  api_name="on_upload")
+    rename.click(_user_errors(actions["rename"]), inputs=[chosen, rename_to], outputs=library_outputs,
+                 concurrency_limit=None, api_name="on_rename")
+    delete.click(_user_errors(actions["delete"]), inputs=chosen, outputs=library_outputs, concurrency_limit=None,
+                 api_name="on_delete")
+    # a finished training run shows up in every list without a manual refresh
+    demo.load(lambda: lists(), outputs=[chosen, *name_dropdowns, cards])
+    finished = gr.State("")
+
+    def refresh_when_done(last):
+        s = state.job.snapshot()
+        key = f"{s.name}:{s.status}" if s.status in ("done", "stopped") else last
+        if key != last:
+            return [key, *lists()]
+        return [last] + [gr.update() for _ in range(len(name_dropdowns) + 2)]
+
+    timer.tick(refresh_when_done, inputs=finished, outputs=[finished, chosen, *name_dropdowns, cards],
+               concurrency_limit=None, show_progress="hidden")
+
+
+def _library_actions(state: UiState, lists) -> dict:
+    """The Library's buttons: each returns its message and every refreshed name list."""
+
+    def upload(file):
+        if file is None:
+            return ["", *lists()]
+        added = state.library.add(getattr(file, "name", file))
+        return [f"added **{_md(added)}**", *lists(added)]
+
+    def rename(old, new):
+        if not old:
+            raise UserError("choose a LoRA to rename")
+        renamed = state.library.rename(old, new)
+        return [f"renamed to **{_md(renamed)}**", *lists(renamed)]
+
+    def delete(name):
+        if not name:
+            raise UserError("choose a LoRA to delete")
+        state.library.delete(name)
+        return [f"deleted {_md(name)}", *lists()]
+
+    def convert(name, layout):
+        if not name:
+            raise UserError("choose a LoRA to convert")
+        made = _convert(state, name, layout)
+        return [f"wrote **{_md(made)}** ({layout} layout)", *lists(made)]
+
+    def merge(spec, new_name):
+        made = _merge(state, spec, new_name)
+        return [f"merged into **{_md(made)}**", *lists(made)]
+
+    return {"upload": upload, "rename": rename, "delete": delete, "convert": convert, "merge": merge}
 
 
 def is_loopback(host: str) -> bool:

@@ -1,7 +1,9 @@
 """Training from the web UI: uploads into a data folder, one background run at a time, live progress.
 
-The page polls ``TrainingJob.snapshot()``; the trainer reports through ``on_step`` and stops
-between steps when ``stop()`` is called (it then writes what it has, like the CLI does).
+A page-started run gets the same derived plan as ``lora-diffusion train`` on the same data (the page's fields
+default to "auto"); the plan is shown before the run starts (``preview``) and again as derived once the base has
+loaded. The page polls ``TrainingJob.snapshot()``; the trainer reports through its callbacks and stops between
+steps when ``stop()`` is called (it then writes what it has, like the CLI does).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 from ..data.images import IMAGE_EXTENSIONS
 from ..errors import UserError
 from ..training.config import TrainConfig
+from ..training.plan_preview import preview_plan
 from .library import LoraLibrary
 
+SAMPLES_PER_RUN = 4  # validation grids over a page-started run: the Train tab's gallery and the preview card
 MAX_UPLOAD_FILES = 2000
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # a zip may not expand beyond this (zip-bomb guard)
 MAX_ZIP_RATIO = 100  # unpacked/packed above this (and MIN_SUSPECT_BYTES) is filler, not images
@@ -99,6 +103,7 @@ class JobState:
     started: float = 0.0
     eta_s: float | None = None
     message: str = ""
+    plan: str = ""  # the printed plan block: previewed at the start, then as derived when the base loaded
     samples: list[str] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finished step
 
@@ -156,15 +161,34 @@ class TrainingJob:
         for stale in (job_dir, upload_dir):
             if stale.exists():
                 shutil.rmtree(stale)
-        cfg.data = str(prepare_data(uploads, folder, upload_dir))
-        cfg.output = str(job_dir / final.name)
-        cfg.validate()
+        try:
+            cfg.data = str(prepare_data(uploads, folder, upload_dir))
+            cfg.output = str(job_dir / final.name)
+            plan, text = preview_plan(cfg)
+        except BaseException:
+            shutil.rmtree(upload_dir, ignore_errors=True)  # a refused start keeps none of the uploads
+            raise
+        steps = plan.config.steps if plan else cfg.steps
+        if not cfg.sample_every and steps:
+            cfg.sample_every = max(1, steps // SAMPLES_PER_RUN)
         self._stop.clear()
         with self._lock:
-            self._state = JobState(status="running", name=final.stem, steps=cfg.steps, started=time.time(),
-                                   message="loading the base model")
+            self._state = JobState(status="running", name=final.stem, steps=steps or 0, started=time.time(),
+                                   message="loading the base model", plan=text)
         self._thread = threading.Thread(target=self._run, args=(cfg, final), name="lora-training", daemon=True)
         self._thread.start()
+
+    def preview(self, cfg: TrainConfig, uploads: list[str], folder: str) -> str:
+        """The plan ``start`` would train with, as printed (uploads are unpacked to count them, then removed)."""
+        target = self.upload_dir / ".preview"
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            cfg.data = str(prepare_data(uploads, folder, target))
+            cfg.output = str(self.work_dir / "preview.safetensors")  # nothing is written; the plan needs a name
+            return preview_plan(cfg)[1]
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
 
     def stop(self) -> None:
         if self.busy:
@@ -187,11 +211,17 @@ class TrainingJob:
             if self._state.status == "running":
                 self._state.message = "training"
 
+    def _on_plan(self, plan, text: str) -> None:
+        with self._lock:
+            self._state.steps = plan.config.steps
+            self._state.plan = text
+
     def _run(self, cfg: TrainConfig, final: Path) -> None:
-        from ..training.trainer import train
+        from ..training.trainer import TrainCallbacks, train
 
         try:
-            result = train(cfg, progress=False, on_step=self._on_step, should_stop=self._stop.is_set)
+            callbacks = TrainCallbacks(on_plan=self._on_plan, on_step=self._on_step, should_stop=self._stop.is_set)
+            result = train(cfg, progress=False, callbacks=callbacks)
             os.replace(result.output, final)
             samples = sorted((Path(cfg.output).parent / f"{final.stem}-logs" / "samples").glob("*.png"),
                              key=lambda p: (p.name == "final.png", p.name))

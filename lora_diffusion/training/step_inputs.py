@@ -1,4 +1,4 @@
-"""The frozen VAE and text encoder(s) as the training loop uses them, with caches of their outputs.
+"""A step's inputs: the frozen VAE and text encoder(s) as the training loop uses them, with caches of their outputs.
 
 Latents are cached as each image's posterior (mean, std), so every step still draws a fresh
 sample; text outputs are cached per caption. Both caches live on the training device: per-step
@@ -28,7 +28,7 @@ def encode_pass_batch(batch_size: int, resolution: int) -> int:
     return max(batch_size, min(64, ENCODE_PASS_PIXELS // (resolution * resolution)))
 
 
-class Encoders:
+class StepInputs:
     """Images → latents and captions (+ geometry) → UNet conditioning, cached where allowed."""
 
     def __init__(self, vae, conditioning, device: torch.device, cache_latents: bool, cache_text: bool):

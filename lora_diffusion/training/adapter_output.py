@@ -1,0 +1,76 @@
+"""The files a run writes from its trained weights: the adapter (periodic, partial, final — rescued elsewhere when
+its folder cannot take it) and the validation grids."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..adapters.apply import components_architecture, pipeline_components, save_adapter
+from ..errors import UserError
+from ..families import family_of
+from ..safe_write import atomic_write
+from .adapter_metadata import adapter_metadata
+from .run_setup import ADAPTER
+
+
+def save_trained(run, path: Path, steps: int, curve: list[tuple[int, float]] = ()) -> None:
+    """The run's adapter as it is now, with its metadata, at ``path``."""
+    cfg = run.cfg
+    components = pipeline_components(run.pipe)
+    arch = components_architecture(components)
+    if not cfg.train_text_encoder:
+        for role in ("te", "te1", "te2"):
+            components.pop(role, None)
+    metadata = adapter_metadata(cfg, run.plan, run.data, path, steps, run.clock.started, curve)
+    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata)
+
+
+def save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], None]) -> None:
+    """Write the finished LoRA; if ``output`` cannot be written (a full disk, a read-only folder), the trained
+    weights are still in memory: write them beside the checkpoints or in the temp folder, and say where."""
+    try:
+        save(output)
+        return
+    except UserError as error:
+        what = str(error).split(". Free disk space")[0]  # "could not write X (why); any earlier file … unchanged"
+    for folder in (Path(checkpoint_dir), Path(tempfile.gettempdir())):
+        rescue = folder / output.name
+        if rescue.resolve() == output.resolve():
+            continue
+        try:
+            save(rescue)
+        except UserError:
+            continue
+        raise UserError(f"{what}; the trained LoRA was written to {rescue} instead (move it where you want it)") from None
+    raise UserError(f"{what}; nor could it be written beside the checkpoints or in the temp folder: free disk space "
+                    "and run again with --resume latest") from None
+
+
+@torch.no_grad()
+def validation_grid(run, path: Path) -> None:
+    """One row of images, a prompt each (the configured ones, or the first four captions), at the run's size."""
+    from PIL import Image
+
+    cfg, pipe, resolution = run.cfg, run.pipe, run.cfg.resolution
+    prompts = cfg.validation_prompts or list(dict.fromkeys(e.caption for e in run.data.items))[:4]
+    device = run.denoiser.model.device
+    models = (pipe.vae, *(getattr(pipe, attr, None) for attr in family_of(pipe).text_encoders.values()))
+    offloaded = [m for m in models if m is not None and m.device != device]
+    for model in offloaded:  # offload_encoders moved them off the GPU; sampling needs them back briefly
+        model.to(device)
+    try:
+        images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
+                      generator=torch.Generator().manual_seed(cfg.seed)).images
+    finally:
+        for model in offloaded:
+            model.to("cpu")
+    grid = Image.new("RGB", (resolution * len(images), resolution))
+    for i, image in enumerate(images):
+        grid.paste(image, (i * resolution, 0))
+    with atomic_write(path) as tmp:
+        grid.save(tmp, format="PNG")
+    run.denoiser.prepared.train()

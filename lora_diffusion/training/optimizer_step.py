@@ -1,0 +1,111 @@
+"""One optimizer step: its micro-batches forward and backward, gradients clipped, the update applied only when the
+loss and gradients are finite; and the policy for steps that were not (``NanPolicy``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .batch_feed import BatchFeed
+from .grad_sync import average_gradients
+
+
+def step_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    """The step's own random stream, on the training device (no host-to-device copies of noise):
+    a step's randomness depends only on (seed, step, micro-batch), so resumed runs match, and every
+    process draws the same global-batch noise and keeps its own rows (objective.Share)."""
+    generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
+    return generator.manual_seed((seed * 1_000_003 + step * 101 + micro * 7) % (2**63 - 1))
+
+
+class OptimizerStep:
+    """``step(n)`` runs optimizer step ``n`` and returns (mean loss, whether loss and gradients were finite)."""
+
+    def __init__(self, run, feed: BatchFeed):
+        self.run, self.feed = run, feed
+
+    def __call__(self, step: int) -> tuple[float, bool]:
+        run, cfg, accelerator = self.run, self.run.cfg, self.run.accelerator
+        loss_sum, values, finite = None, [], True
+        for micro in range(cfg.gradient_accumulation):
+            index = step * cfg.gradient_accumulation + micro
+            generator = step_generator(cfg.seed, step, micro, accelerator.device)
+            with accelerator.accumulate(run.denoiser.prepared):
+                batch = self.feed.batch(index, generator)
+                with accelerator.autocast():
+                    loss = run.objective.loss(run.denoiser.forward, batch.latents.to(run.weight_dtype),
+                                              batch.text_states, generator, added_cond_kwargs=batch.added,
+                                              min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
+                                              share=batch.share)
+                accelerator.backward(loss)
+                if run.own_sync and accelerator.sync_gradients:
+                    average_gradients(run.params, accelerator.num_processes)
+                mean_loss = accelerator.gather(loss.detach()).mean().float()
+                loss_sum = mean_loss if loss_sum is None else loss_sum + mean_loss
+                if accelerator.sync_gradients:
+                    values = self._update(loss_sum, index)
+                    finite = all(math.isfinite(v) for v in values)
+                else:
+                    self.feed.stage_after(index)
+                run.optimizer.zero_grad(set_to_none=True)
+        return values[0] / cfg.gradient_accumulation, finite
+
+    def _update(self, loss_sum: torch.Tensor, index: int) -> list[float]:
+        """Clip, read loss and gradient norm (the step's one host sync), and step when both are finite."""
+        run, cfg = self.run, self.run.cfg
+        # the norm is over gradients already averaged across processes, so every rank decides alike;
+        # fp16's grad scaler handles overflowing gradients by itself
+        norm = run.accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf"))
+        checked = [loss_sum]
+        if cfg.mixed_precision != "fp16" and norm is not None:
+            checked.append(norm.float().reshape(()).to(loss_sum.device))
+        # the next batch's encode queues behind the read
+        values = read_after(torch.stack(checked), lambda: self.feed.stage_after(index))
+        if all(math.isfinite(v) for v in values):
+            run.optimizer.step()
+            run.lr_scheduler.step()
+        return values
+
+
+class NanPolicy:
+    """What a step with a NaN/inf loss or gradient does: skipped with a warning, until ``max_bad_steps`` in a row
+    (or at once under ``nan_policy: stop``) end the run with one error line."""
+
+    def __init__(self, policy: str, max_bad_steps: int):
+        self.policy, self.max_bad_steps = policy, max_bad_steps
+        self.in_a_row = self.skipped = 0
+
+    def accept(self, step: int, finite: bool) -> bool:
+        """Whether step ``step``'s update counts; raises when the run must stop."""
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.policy == "stop" or self.in_a_row >= self.max_bad_steps:
+            why = "" if self.policy == "stop" else f" for {self.in_a_row} steps in a row"
+            raise UserError(
+                f"loss or gradients became NaN/inf at step {step}{why}; stopped (the last checkpoint is kept). "
+                "Lower --lr, use --mixed-precision bf16 or no, or set nan_policy: skip"
+            )
+        return False
+
+
+def read_after(values: torch.Tensor, work: Callable[[], None]) -> list[float]:
+    """``values.tolist()`` with ``work`` done meanwhile; on a GPU, ``work``'s kernels queue behind the copy
+    of ``values``, so the host waits for the step only, and the GPU is not idle while the host catches up."""
+    if values.device.type != "cuda":
+        work()
+        return values.tolist()
+    host = values.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    work()
+    copied.synchronize()
+    return host.tolist()
+
+
+__all__ = ["NanPolicy", "OptimizerStep", "read_after", "step_generator"]

@@ -1,0 +1,340 @@
+"""Everything a training run holds, built once before the first step: data scanned, the plan, the frozen base on
+its device, LoRA injected, the step's inputs (with their caches), the optimizer and accelerate's handles."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data.dataset import TrainingData, require_examples
+from ..data.folder import scan_folder
+from ..data.hub import load_hub_examples, looks_like_hub_id
+from ..errors import UserError
+from ..families import family_of
+from ..lora.config import LoraConfig
+from ..lora.inject import inject_adapter, parameter_report
+from ..models.base_precision import QUANTIZED, check_quantization_available, quantize_frozen
+from ..models.loading import load_pipeline
+from ..startup import job_started_at, wait_for_gpu_warmup
+from ..writable import writable_file
+from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
+from .conditioning import conditioning_for
+from .config import TrainConfig, to_dict
+from .cuda_graphs import GraphedUNet
+from .lean_activations import lean_feed_forwards
+from .plan import BaseFacts, DeviceFacts, Plan, complete_plan, plan_device
+from .step_inputs import StepInputs, encode_pass_batch
+
+ADAPTER = "lora"  # the adapter name LoRA layers hold the trained side path under
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where the run writes: the adapter file, its checkpoints folder and its logs folder."""
+
+    output: Path
+    checkpoints: Path
+    logs: Path
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> "RunPaths":
+        output = Path(cfg.output)
+        stem = output.with_suffix("")
+        checkpoints = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else stem.parent / f"{stem.name}-checkpoints"
+        logs = Path(cfg.log_dir) if cfg.log_dir else stem.parent / f"{stem.name}-logs"
+        return cls(output, checkpoints, logs)
+
+
+@dataclass
+class Clock:
+    """When the job started (the process, under the CLI), when training set-up started, and each set-up phase."""
+
+    started: float
+    job_t0: float
+    phases: list[tuple[str, float]] = field(default_factory=list)  # (phase, seconds since the job started at its end)
+
+    @classmethod
+    def start(cls) -> "Clock":
+        started = time.time()
+        job_t0 = job_started_at(default=started)
+        return cls(started, job_t0, [("imports", started - job_t0)])
+
+    def mark(self, phase: str) -> float:
+        now = time.time()
+        self.phases.append((phase, now - self.job_t0))
+        return now
+
+
+@dataclass
+class Denoiser:
+    """The one denoiser, by the three roles it plays: ``model`` holds the LoRA and is saved; ``prepared`` is
+    accelerate's handle (gradient-synchronised under several processes); ``forward`` is what the step calls
+    (``prepared``, compiled and/or replayed as CUDA graphs)."""
+
+    model: torch.nn.Module
+    prepared: torch.nn.Module
+    forward: Callable
+
+
+@dataclass
+class RunState:
+    """A run's settings and live objects, as set-up leaves them for the loop."""
+
+    cfg: TrainConfig
+    plan: Plan
+    device: DeviceFacts
+    accelerator: object
+    pipe: object
+    objective: object  # the family's: .loss(denoiser, latents, states, generator, ...)
+    weight_dtype: torch.dtype
+    denoiser: Denoiser
+    trained: dict[str, torch.nn.Module]  # role (unet, te, te1, te2) -> the module whose LoRA is trained
+    trained_text: list[torch.nn.Module]  # accelerate's handles on the trained text encoders
+    data: TrainingData
+    inputs: StepInputs
+    optimizer: object
+    lr_scheduler: object
+    params: list[torch.nn.Parameter]
+    own_sync: bool  # several processes with CUDA graphs: the loop averages gradients itself
+    paths: RunPaths
+    clock: Clock
+    images: int
+    start_step: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def save_checkpoint(self, step: int) -> Path:
+        return save_checkpoint(self.paths.checkpoints, step, self.trained, self.optimizer, self.lr_scheduler,
+                               to_dict(self.cfg), self.cfg.checkpoints_to_keep)
+
+    def train_mode(self) -> None:
+        self.denoiser.prepared.train()
+        for model in self.trained_text:
+            model.train()
+
+
+def load_examples(cfg: TrainConfig, cache: Path):
+    """The examples (image, caption, repeats) of ``cfg.data`` — a folder or a hub dataset — and skipped files."""
+    if looks_like_hub_id(cfg.data):
+        examples, skipped = load_hub_examples(cfg.data, cache), []
+        examples = [e if e.caption else type(e)(e.path, cfg.caption or cfg.trigger_word, e.repeats) for e in examples]
+        return [e for e in examples if e.caption], skipped
+    scan = scan_folder(cfg.data, cfg.caption, cfg.trigger_word, cfg.caption_extension)
+    for path, reason in scan.skipped:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+    return scan.examples, scan.skipped
+
+
+def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None] | None = None) -> RunState:
+    """Everything before the first step, in the order that keeps a mistake cheap: files, plan, models, data.
+    ``on_plan`` hears the plan and its printed block as soon as it is derived."""
+    from accelerate import Accelerator
+
+    cfg.validate()
+    clock = Clock.start()
+    writable_file(cfg.output, "--output")
+    paths = RunPaths.of(cfg)
+    # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
+    examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data")
+    require_examples(examples, skipped)
+    images = sum(e.repeats for e in examples)
+    wait_for_gpu_warmup()
+    device = DeviceFacts.detect()
+    plan = plan_device(cfg, device)
+    precision = plan.config.mixed_precision
+    # bf16 runs the frozen base in bf16 with no autocast (fp32 adapter weights, cast per LoRA layer):
+    # autocast would run every GroupNorm in fp32 and keep fp32 activations, +15-25% memory on SDXL.
+    # fp16 keeps accelerate's autocast and loss scaling, which fp16's narrow range needs.
+    accelerator = Accelerator(mixed_precision="fp16" if precision == "fp16" else "no",
+                              gradient_accumulation_steps=cfg.gradient_accumulation, cpu=device.kind == "cpu")
+    check_quantization_available(cfg.base_precision, accelerator.device)
+    weight_dtype = DTYPES[precision]
+
+    pipe = load_pipeline(cfg.base, dtype=weight_dtype, allow_pickle=cfg.allow_pickle)
+    clock.mark("base loaded")
+    family = family_of(pipe)
+    conditioning = conditioning_for(pipe, cfg.base)
+    plan = complete_plan(plan, BaseFacts.of_pipeline(pipe), images, device)
+    cfg = plan.config
+    main = accelerator.is_main_process
+    if main and progress:
+        print(plan.describe(images, device), file=sys.stderr)
+    if main and on_plan:
+        on_plan(plan, plan.describe(images, device))
+    if main:
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    model = getattr(pipe, family.denoiser)
+    text_encoders = conditioning.encoders  # kohya role -> network: {"te"} or SDXL's {"te1", "te2"}
+    objective = family.objective(pipe)
+    _place_frozen(model, pipe.vae, text_encoders, accelerator.device, weight_dtype)
+    clock.mark("encoders to the device")
+
+    trained = _inject_lora(cfg, model, text_encoders, family.target_presets)
+    if main and progress:
+        print(parameter_report(model, *text_encoders.values()), file=sys.stderr)
+    if main and accelerator.num_processes > 1:
+        print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
+
+    data = TrainingData(examples, cfg.resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
+                        caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
+                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
+    inputs = _step_inputs(cfg, data, pipe.vae, conditioning, text_encoders, accelerator.device)
+    _quantize_base(cfg, model, text_encoders, accelerator.device, precision, main and progress)
+    model.to(accelerator.device)
+
+    optimizer, lr_scheduler, params = _optimizer(cfg, model, text_encoders, accelerator.device)
+    denoiser, trained_text, optimizer, lr_scheduler = _prepare(cfg, accelerator, model, text_encoders, conditioning,
+                                                               optimizer, lr_scheduler)
+    run = RunState(cfg, plan, device, accelerator, pipe, objective, weight_dtype, denoiser, trained, trained_text,
+                   data, inputs, optimizer, lr_scheduler, params, accelerator.num_processes > 1 and bool(cfg.cuda_graphs),
+                   paths, clock, images)
+    run.start_step = _resume(run)
+    return run
+
+
+def _place_frozen(model, vae, text_encoders: dict, device: torch.device, weight_dtype: torch.dtype) -> None:
+    """Freeze the base; the text encoders and the VAE go to the device now, the denoiser once the data is ready
+    (so an up-front encode pass and the training steps never hold all the models at once)."""
+    for module in (model, vae, *text_encoders.values()):
+        module.requires_grad_(False)
+    for module in text_encoders.values():
+        module.to(device)
+    # SD and SDXL VAEs overflow in fp16 (their force_upcast flag records it): fp32 then; bf16 has fp32's
+    # range, and encoding in bf16 keeps uncacheable runs (random crops) from waiting on an fp32 VAE
+    fp16_unsafe = weight_dtype == torch.float16 and getattr(vae.config, "force_upcast", True)
+    vae.to(device, dtype=torch.float32 if fp16_unsafe else weight_dtype)
+
+
+def _inject_lora(cfg: TrainConfig, model, text_encoders: dict, presets) -> dict[str, torch.nn.Module]:
+    """LoRA into the denoiser (and the text encoders when asked): the only trainable weights, kept in fp32."""
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout, network=cfg.network,
+                      dora=cfg.dora, factor=cfg.lokr_factor)
+    inject_adapter(model, ADAPTER, lora, cfg.targets, presets=presets)
+    trained = {"unet": model}
+    if cfg.train_text_encoder:
+        for role, encoder in text_encoders.items():
+            inject_adapter(encoder, ADAPTER, lora, cfg.text_targets, kind="text")
+            trained[role] = encoder
+    for module in trained.values():
+        # mixed precision keeps frozen weights in half precision but trains the adapter in fp32
+        for p in module.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    lean_feed_forwards(model)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for encoder in text_encoders.values():
+                encoder.gradient_checkpointing_enable()
+    return trained
+
+
+def _step_inputs(cfg: TrainConfig, data: TrainingData, vae, conditioning, text_encoders: dict,
+                 device: torch.device) -> StepInputs:
+    """The step's input maker with the caches the data allows; on a GPU with everything cached, the VAE and text
+    encoders encode everything up front and leave the GPU."""
+    cache_latents = cfg.cache != "off" and data.deterministic
+    cache_text = cfg.cache != "off" and data.fixed_captions and not cfg.train_text_encoder
+    inputs = StepInputs(vae, conditioning, device, cache_latents, cache_text)
+    if cfg.offload_encoders == "on" and not (cache_latents and cache_text):
+        raise UserError(
+            "offload_encoders needs cached latents and captions: no random crop, no caption shuffle, "
+            "no text-encoder training, and cache not 'off' (or set offload_encoders: auto)"
+        )
+    if cfg.offload_encoders == "on" or (cfg.offload_encoders == "auto" and cache_latents and cache_text
+                                        and device.type == "cuda"):
+        inputs.encode_all(data, encode_pass_batch(cfg.batch_size, cfg.resolution))
+        for model in (vae, *text_encoders.values()):
+            model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return inputs
+
+
+def _quantize_base(cfg: TrainConfig, model, text_encoders: dict, device: torch.device, precision: str,
+                   report: bool) -> None:
+    if cfg.base_precision not in QUANTIZED:
+        return
+    count = quantize_frozen(model, cfg.base_precision, device)
+    te_count = sum(quantize_frozen(encoder, cfg.base_precision, device) for encoder in text_encoders.values()
+                   if encoder.device.type == device.type)  # offloaded encoders stay off the GPU as they are
+    if report:
+        print(f"base precision: {cfg.base_precision} for {count} frozen Linear layers of the UNet and {te_count} of "
+              f"the text encoders (torchao, weight-only); convolutions and the LoRA stay "
+              f"{precision if precision != 'no' else 'fp32'}", file=sys.stderr)
+
+
+def _make_optimizer(cfg: TrainConfig, groups, device: torch.device):
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (or use --set optimizer=adamw)") from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda"  # the fused kernel exists on CUDA only
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _optimizer(cfg: TrainConfig, model, text_encoders: dict, device: torch.device):
+    """The optimizer over the LoRA weights (the text encoders' at their own rate), its schedule, and the weights."""
+    from diffusers.optimization import get_scheduler
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if cfg.train_text_encoder:
+        te_params = [p for encoder in text_encoders.values() for p in encoder.parameters() if p.requires_grad]
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
+    optimizer = _make_optimizer(cfg, groups, device)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.steps)
+    return optimizer, lr_scheduler, [p for g in groups for p in g["params"]]
+
+
+def _prepare(cfg: TrainConfig, accelerator, model, text_encoders: dict, conditioning, optimizer, lr_scheduler):
+    """accelerate's handles on what trains: the denoiser's three roles, the trained text encoders, the optimizer
+    and its schedule."""
+    # frozen text encoders are not prepared: accelerate would move offloaded ones back to the GPU
+    trained_te = list(text_encoders) if cfg.train_text_encoder else []
+    # CUDA graphs bypass DDP's backward hooks: with several processes the denoiser stays unwrapped and the
+    # loop averages the adapter's gradients itself (grad_sync.py)
+    own_sync = bool(cfg.cuda_graphs) and accelerator.num_processes > 1
+    *handles, optimizer, lr_scheduler = accelerator.prepare(
+        *(() if own_sync else (model,)), *(text_encoders[r] for r in trained_te), optimizer, lr_scheduler)
+    prepared, trained_text = (model, handles) if own_sync else (handles[0], handles[1:])
+    # the loop calls the prepared (under multi-GPU: gradient-synchronised) text encoders
+    conditioning.encoders = text_encoders | dict(zip(trained_te, trained_text))
+    if cfg.compile:
+        # the LoRA layers' side paths are plain module calls, so the denoiser compiles whole; the first
+        # steps pay the compile time (reported separately by the benchmarks)
+        prepared = torch.compile(prepared, mode=cfg.compile_mode)
+    forward = GraphedUNet(prepared) if cfg.cuda_graphs else prepared
+    return Denoiser(model, prepared, forward), list(trained_text), optimizer, lr_scheduler
+
+
+def _resume(run: RunState) -> int:
+    """The step a ``--resume`` run continues from (its checkpoint loaded), or 0."""
+    cfg = run.cfg
+    if not cfg.resume:
+        return 0
+    found = find_checkpoint(cfg.resume, run.paths.checkpoints)
+    if found is None:
+        if run.main:
+            print(f"no checkpoint in {run.paths.checkpoints} yet; starting from step 0", file=sys.stderr)
+        return 0
+    start_step = load_checkpoint(found, run.trained, run.optimizer, run.lr_scheduler)
+    if run.main:
+        print(f"resumed from {found} at step {start_step}", file=sys.stderr)
+        changes = changed_settings(found, to_dict(cfg))
+        if changes:
+            print(f"warning: {found.name} was made with other settings ({'; '.join(changes)}); the run "
+                  "goes on with the new ones: pass the old values to continue it exactly", file=sys.stderr)
+    return start_step
