@@ -253,13 +253,30 @@ def test_an_explicit_flag_equal_to_the_default_wins_over_from_png(tmp_path):
     png = save_png(Image.new("RGB", (8, 8)), tmp_path / "p.png",
                    GenerationParams(prompt="a cat", steps=9, cfg_scale=7.5, sampler="Euler a", width=32, height=32))
     given = argparse.Namespace(from_png=str(png), prompt=None, negative_prompt="", seed=None, width=None, height=None,
-                               steps=20, guidance=None, scheduler="DPM++ 2M")  # --steps 20 --scheduler "DPM++ 2M"
+                               steps=20, guidance=None, scheduler="DPM++ 2M", base="builtin")  # --steps 20 --scheduler "DPM++ 2M"
     _fill_from_png(given)
     _fill_defaults(given)
     assert (given.steps, given.guidance, given.scheduler) == (20, 7.5, "DPM++ 2M")
-    bare = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=None, scheduler=None)
+    bare = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=None, scheduler=None, base="builtin")
     _fill_defaults(bare)
     assert (bare.steps, bare.guidance, bare.scheduler) == (20, 5.0, "DPM++ 2M")
+
+
+def test_unset_generation_flags_take_the_base_family_defaults(tmp_path, monkeypatch):
+    import argparse
+
+    import dataclasses
+
+    import lora_diffusion.families as families
+    from lora_diffusion.cli.generate_cmd import _fill_defaults
+    from lora_diffusion.generation.defaults import GenerationDefaults
+
+    # a family with its own defaults (as FLUX.1 will have: 28 steps, guidance 3.5) gives them to an unset flag
+    own = dataclasses.replace(families.get("builtin"), generation=GenerationDefaults(28, 3.5, "Euler"))
+    monkeypatch.setattr(families, "family_of_base", lambda base: own if base == "builtin" else None)
+    args = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=4.0, scheduler=None, base="builtin")
+    _fill_defaults(args)
+    assert (args.steps, args.guidance, args.scheduler) == (28, 4.0, "Euler")
 
 
 def test_from_png_without_a_prompt_says_so(tmp_path, capsys):

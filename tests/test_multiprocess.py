@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -27,6 +28,7 @@ def _run(launcher: list[str], args: list[str], out: Path) -> subprocess.Complete
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # two training processes over gloo
 def test_two_processes_at_batch_2_train_what_one_process_trains_at_batch_4(tiny_base, tmp_path):
     data = ROOT / "examples" / "styles" / "sepia"  # 24 images: 6 global batches of 4 per epoch
     args = ["--base", tiny_base, "--data", str(data), "--resolution", "32", "--steps", "2", "--lr", "5e-3", "--seed",

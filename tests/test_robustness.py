@@ -319,6 +319,7 @@ def test_empty_and_all_bad_folders_stop_with_a_clear_message(tmp_path, tiny_base
 
 
 # ---- soak ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # 200 generations: CI runs it, the quick local suite does not
 def test_soak_200_generations_with_random_loras_leaves_no_growth_and_exact_base(tmp_path, tiny_base):
     import gc
     import resource

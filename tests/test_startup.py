@@ -37,6 +37,7 @@ def test_unused_optional_packages_are_not_imported_and_torchao_comes_back_for_ou
     assert _probe() == ["peft,sklearn,torchao", "", "module"]
 
 
+@pytest.mark.slow  # two fresh interpreters importing the whole stack
 def test_plain_startup_leaves_every_import_as_it_is():
     pytest.importorskip("peft")
     marked, loaded, _ = _probe(LORA_DIFFUSION_STARTUP="plain")

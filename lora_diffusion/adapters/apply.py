@@ -215,6 +215,19 @@ def apply_adapter(
     module or a wrong shape raises ``UserError`` naming the first offending module
     and the likely cause, and leaves the model untouched.
     """
+    plan = _checked_plan(adapter, components, name, source)
+    applied = _install(plan, name, weight)
+    for model in components.values():
+        if not trainable:
+            for layer in lora_layers(model).values():
+                layer.freeze(name)
+        remerge(model)  # merged layers must be re-blended so the new adapter shows in their weights
+    return applied
+
+
+def _checked_plan(adapter: AdapterFile, components: Components, name: str, source: str) -> list[tuple]:
+    """Every module of ``adapter`` matched to its base layer and checked (shapes, bias, DoRA axis, name clash):
+    (model, path, key, entry, weights, DoRA axis) each. Raises before anything in the model changes."""
     model_arch = components_architecture(components)
     file_arch = adapter.architecture()
     lookup: dict[str, tuple[nn.Module, str, nn.Module]] = {}
@@ -265,6 +278,11 @@ def apply_adapter(
             raise UserError(f"an adapter named {name!r} is already loaded; choose another name or unload it first")
         plan.append((model, path, key, entry, weights, axis))
 
+    return plan
+
+
+def _install(plan: list[tuple], name: str, weight: float) -> list[str]:
+    """Install a checked plan: each base layer wrapped (once) and given the adapter's factors at ``weight``."""
     applied: list[str] = []
     with torch.no_grad():
         for model, path, key, entry, weights, axis in plan:
@@ -289,11 +307,6 @@ def apply_adapter(
             if layer is not current:
                 replace_module(model, path, layer)
             applied.append(key)
-    for model in components.values():
-        if not trainable:
-            for layer in lora_layers(model).values():
-                layer.freeze(name)
-        remerge(model)  # merged layers must be re-blended so the new adapter shows in their weights
     return applied
 
 

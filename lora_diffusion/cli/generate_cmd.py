@@ -31,15 +31,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "TEXT_WEIGHT sets the text-encoder weight separately")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random)")
     # None = "not given": --from-png may then fill it; otherwise the defaults in generation/params.py apply
-    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: the base family's; {DEFAULT_STEPS} for SD)")
     parser.add_argument("--guidance", type=float, default=None,
-                        help=f"classifier-free guidance scale (CFG) (default: {DEFAULT_CFG})")
+                        help=f"classifier-free guidance scale (CFG) (default: the base family's; {DEFAULT_CFG} for SD)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the base's native size, "
                         "64 for the built-in base)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the base's native size)")
     parser.add_argument("--num-images", type=int, default=1, help="images to write (seeds S, S+1, ...)")
     parser.add_argument("--scheduler", default=None,
-                        help=f"sampler: {', '.join(sampler_names())} (default: {DEFAULT_SAMPLER})")
+                        help=f"sampler: {', '.join(sampler_names())} (default: the base family's; {DEFAULT_SAMPLER} for SD)")
     parser.add_argument("--out", default="outputs", help="folder for the PNGs")
     parser.add_argument("--lora-dir", default="loras", help="folder where <lora:NAME:WEIGHT> prompt tags find NAME.safetensors")
     parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
@@ -119,7 +119,12 @@ def _fill_from_png(args: argparse.Namespace) -> None:
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
-    """Steps, guidance and sampler that neither the command line nor --from-png gave."""
-    for key, default in (("steps", DEFAULT_STEPS), ("guidance", DEFAULT_CFG), ("scheduler", DEFAULT_SAMPLER)):
+    """Steps, guidance and sampler that neither the command line nor --from-png gave: the base family's."""
+    from ..families import family_of_base
+    from ..generation.defaults import SD_DEFAULTS
+
+    family = family_of_base(args.base)
+    defaults = family.generation if family is not None else SD_DEFAULTS
+    for key, default in (("steps", defaults.steps), ("guidance", defaults.cfg), ("scheduler", defaults.sampler)):
         if getattr(args, key) is None:
             setattr(args, key, default)

@@ -33,6 +33,21 @@ def family_of_config(config: dict | None, *, second_text_encoder: bool = False) 
     return sdxl.FAMILY if second_text_encoder else CUSTOM
 
 
+def family_of_configs(configs: dict[str, dict]) -> Family:
+    """The family of a base from its component configs (``models/base_configs.py``)."""
+    denoiser = configs.get("unet") or configs.get("transformer")
+    return family_of_config(denoiser, second_text_encoder="text_encoder_2" in configs)
+
+
+def family_of_base(base: str) -> Family | None:
+    """The family of a base as the user names it (builtin, a folder, a single file), read from its configs without
+    loading weights; None when only loading it can tell (a hub id, a pickle file)."""
+    from ..models.base_configs import read_base_configs
+
+    configs = read_base_configs(base)
+    return family_of_configs(configs) if configs is not None else None
+
+
 def family_of(model) -> Family:
     """The family of a pipeline, a components dict (``unet``, ``te``/``te1``/``te2``) or a denoiser module."""
     if isinstance(model, dict):
@@ -66,5 +81,5 @@ def family_of_text_width(width: int, *, second_text_encoder: bool = False) -> Fa
     return family_of_config({"cross_attention_dim": width})
 
 
-__all__ = ["FAMILIES", "Family", "family_from_kohya_version", "family_of", "family_of_checkpoint", "family_of_config",
+__all__ = ["FAMILIES", "Family", "family_from_kohya_version", "family_of", "family_of_base", "family_of_checkpoint", "family_of_config", "family_of_configs",
            "family_of_text_width", "get"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from ..generation.defaults import SD_DEFAULTS, GenerationDefaults
 from ..lora.targets import UNET_PRESETS
 from .shared import ddpm_objective, unet_native_resolution
 
@@ -19,7 +20,8 @@ class Family:
     builds the trainer's conditioning (captions → the denoiser's inputs) and ``objective`` its training objective
     (noise, timesteps or σ, prediction target, loss weighting). ``target_presets`` are the LoRA target presets over
     its denoiser's modules; ``native_resolution`` reads the pixel size the base was trained at from its component
-    configs (``models/base_configs.py``: no weight needs loading).
+    configs (``models/base_configs.py``: no weight needs loading); ``generation`` holds the steps, guidance and
+    sampler its images are made with when the user gives none.
     """
 
     name: str  # what files and plans call it: sd1, sd2, sdxl, builtin, custom
@@ -38,6 +40,7 @@ class Family:
     checkpoint_recognises: Callable[[frozenset], bool] = lambda keys: False  # a single-file checkpoint's tensor names
     upscale_warning: bool = False  # warn when training above the native size (a base that never saw larger images)
     native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
+    generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

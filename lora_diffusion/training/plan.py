@@ -43,10 +43,9 @@ class BaseFacts:
     @classmethod
     def of_configs(cls, configs: dict[str, dict]) -> "BaseFacts":
         """From a base's component configs (``models/base_configs.py``), before or without loading it."""
-        from ..families import family_of_config
+        from ..families import family_of_configs
 
-        denoiser = configs.get("unet") or configs.get("transformer")
-        family = family_of_config(denoiser, second_text_encoder="text_encoder_2" in configs)
+        family = family_of_configs(configs)
         prediction = str(configs.get("scheduler", {}).get("prediction_type", "epsilon"))
         return cls(family.name, family.native_resolution(configs), prediction, family.upscale_warning)
 
