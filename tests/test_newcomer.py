@@ -81,7 +81,8 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for expected in ("denoising steps (default: 20)", "(CFG) (default: 5.0)", "Karras, UniPC (default: DPM++ 2M)",
+    for expected in ("denoising steps (default: the base family's; 20 for SD)",
+                     "(CFG) (default: the base family's; 5.0 for SD)", "Karras, UniPC (default: the base family's; DPM++ 2M for SD)",
                      "image width (default: the base's native size, 64 for the built-in base)"):
         assert expected in text
     with pytest.raises(SystemExit):
