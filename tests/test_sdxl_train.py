@@ -123,6 +123,7 @@ def test_cached_and_uncached_runs_give_the_same_loss_sequence(sdxl_base, shapes_
     torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(uncached.losses), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # the quick suite keeps the SD1-shaped run of the same test (test_train.py)
 def test_kill_after_checkpoint_then_resume_is_bit_identical(sdxl_base, shapes_folder, tmp_path):
     assert_kill_and_resume_is_bit_identical(
         ["--base", sdxl_base, "--data", shapes_folder, "--steps", "6", "--lr", "5e-3", "--seed", "4",
