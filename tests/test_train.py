@@ -253,3 +253,30 @@ def test_a_staged_batch_serves_only_the_batch_with_the_same_keys():
     assert encoded == [[1.0, 2.0], [3.0, 4.0], [4.0, 3.0]]
     assert first[:, 0, 0, 0].tolist() == [1.0, 2.0] and second[:, 0, 0, 0].tolist() == [4.0, 3.0]
     assert enc.staged is None
+
+
+def test_a_timestep_range_draws_only_its_noise_levels_and_the_full_range_draws_as_before():
+    from diffusers import DDPMScheduler
+
+    from lora_diffusion.training.objective import denoising_loss
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, noisy, timesteps, states, added_cond_kwargs=None):
+            seen.append(timesteps.clone())
+            return type("Out", (), {"sample": torch.zeros_like(noisy)})()
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    latents, states = torch.zeros(64, 4, 2, 2), torch.zeros(64, 3, 8)
+    for window in ((0, 1000), None, (100, 700)):
+        denoising_loss(Recorder(), scheduler, latents, states, torch.Generator().manual_seed(3), timesteps=window)
+    assert torch.equal(seen[0], seen[1])  # the whole range is the default draw, number for number
+    assert int(seen[2].min()) >= 100 and int(seen[2].max()) < 700 and len(set(seen[2].tolist())) > 30
+
+
+@pytest.mark.parametrize("low, high", [(500, 500), (-1, 900), (0, 1001)])
+def test_a_bad_timestep_range_is_one_line(low, high, tmp_path):
+    cfg = TrainConfig(data=str(tmp_path), output=str(tmp_path / "a.safetensors"), min_timestep=low, max_timestep=high)
+    with pytest.raises(UserError, match=rf"^timesteps {low}\.\.{high}: need 0 <= --min-timestep < --max-timestep <= 1000"):
+        cfg.validate()

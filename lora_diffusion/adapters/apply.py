@@ -32,15 +32,13 @@ Components = Mapping[str, nn.Module]
 
 
 def pipeline_components(pipe) -> dict[str, nn.Module]:
-    """The LoRA-able networks of a diffusers pipeline, keyed by kohya role."""
-    components: dict[str, nn.Module] = {"unet": pipe.unet}
-    te, te2 = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
-    if te2 is not None:
-        if te is not None:
-            components["te1"] = te
-        components["te2"] = te2
-    elif te is not None:
-        components["te"] = te
+    """The LoRA-able networks of a diffusers pipeline, keyed by kohya role: ``unet`` for the family's denoiser (kohya
+    names a transformer's modules ``lora_unet_`` too), then the family's text encoders the pipeline has."""
+    family = family_of(pipe)
+    components: dict[str, nn.Module] = {"unet": getattr(pipe, family.denoiser)}
+    for role, attribute in family.text_encoders.items():
+        if getattr(pipe, attribute, None) is not None:
+            components[role] = getattr(pipe, attribute)
     return components
 
 
@@ -234,7 +232,7 @@ def _checked_plan(adapter: AdapterFile, components: Components, name: str, sourc
     for component, model in components.items():
         for path, module in base_modules(model):
             lookup[kohya_name(component, path)] = (model, path, module)
-            if component == "unet" and hasattr(model, "config"):
+            if component == "unet" and "layers_per_block" in getattr(model, "config", {}):
                 # kohya's SDXL files name UNet modules the original way (input_blocks_4_1_…)
                 original = unet_module_to_original(path, model.config)
                 lookup.setdefault(kohya_name(component, original), (model, path, module))

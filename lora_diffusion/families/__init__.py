@@ -9,12 +9,13 @@ in ``training/profiles/`` and its tests.
 
 from __future__ import annotations
 
-from . import builtin, custom, sd1, sd2, sdxl
+from . import builtin, custom, flux, sd1, sd2, sdxl
 from .family import Family
 
-# recognisers are asked in this order: the built-in marker before the SD1 width it shares, SDXL's own embedding
+# recognisers are asked in this order: the built-in marker before the SD1 width it shares, FLUX's transformer
+# config, SDXL's own embedding
 # type before widths, "custom" last (it takes anything)
-_ORDER = (builtin.FAMILY, sdxl.FAMILY, sd2.FAMILY, sd1.FAMILY, custom.FAMILY)
+_ORDER = (builtin.FAMILY, flux.FAMILY, sdxl.FAMILY, sd2.FAMILY, sd1.FAMILY, custom.FAMILY)
 FAMILIES: dict[str, Family] = {family.name: family for family in _ORDER}
 CUSTOM = custom.FAMILY
 
@@ -39,6 +40,20 @@ def family_of_configs(configs: dict[str, dict]) -> Family:
     return family_of_config(denoiser, second_text_encoder="text_encoder_2" in configs)
 
 
+def pipeline_configs(pipe) -> dict[str, dict]:
+    """A loaded pipeline's component configs, as ``models/base_configs.py`` reads them from files."""
+    configs = {name: dict(getattr(pipe, name).config) for name in ("unet", "transformer", "vae", "scheduler")
+               if getattr(pipe, name, None) is not None}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        configs["text_encoder_2"] = {}
+    return configs
+
+
+def native_resolution(pipe) -> int:
+    """The pixel size a loaded base was trained at, as its family reads it."""
+    return family_of(pipe).native_resolution(pipeline_configs(pipe))
+
+
 def family_of_base(base: str) -> Family | None:
     """The family of a base as the user names it (builtin, a folder, a single file), read from its configs without
     loading weights; None when only loading it can tell (a hub id, a pickle file)."""
@@ -52,8 +67,9 @@ def family_of(model) -> Family:
     """The family of a pipeline, a components dict (``unet``, ``te``/``te1``/``te2``) or a denoiser module."""
     if isinstance(model, dict):
         denoiser, second = model.get("unet"), "te2" in model
-    elif hasattr(model, "components") and hasattr(model, "unet"):  # a diffusers pipeline
-        denoiser, second = model.unet, getattr(model, "text_encoder_2", None) is not None
+    elif hasattr(model, "components") and (hasattr(model, "unet") or hasattr(model, "transformer")):  # a pipeline
+        denoiser = getattr(model, "unet", None) or getattr(model, "transformer", None)
+        second = getattr(model, "text_encoder_2", None) is not None
     else:
         denoiser, second = model, False
     config = getattr(denoiser, "config", None)
@@ -82,4 +98,4 @@ def family_of_text_width(width: int, *, second_text_encoder: bool = False) -> Fa
 
 
 __all__ = ["FAMILIES", "Family", "family_from_kohya_version", "family_of", "family_of_base", "family_of_checkpoint", "family_of_config", "family_of_configs",
-           "family_of_text_width", "get"]
+           "family_of_text_width", "get", "native_resolution", "pipeline_configs"]

@@ -41,6 +41,7 @@ class Family:
     upscale_warning: bool = False  # warn when training above the native size (a base that never saw larger images)
     native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
     generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none
+    graphable: bool = True  # the trainer's CUDA-graph replay (training/cuda_graphs.py) fits its denoiser's call
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

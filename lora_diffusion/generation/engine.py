@@ -22,6 +22,7 @@ import torch
 from ..adapters.apply import apply_adapter, pipeline_components
 from ..adapters.file import read_adapter
 from ..errors import UserError
+from ..families import native_resolution
 from ..lora.inject import adapter_names, bare_while_merged, blend_adapters, delete_adapter
 from ..models.loading import load_pipeline
 from .limits import MAX_IMAGES, MAX_SEED, MAX_SIDE, MAX_STEPS
@@ -211,7 +212,7 @@ class GenerationEngine:
                             f"got {steps} and {num_images}")
         pipe = self.pipeline(base)
         active = self.set_loras(base, list(loras))
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        native = native_resolution(pipe)
         width, height = width or native, height or native
         if width % 8 or height % 8 or not (8 <= width <= MAX_SIDE and 8 <= height <= MAX_SIDE):
             raise UserError(f"--width and --height must be multiples of 8 from 8 to {MAX_SIDE}, got {width}x{height}")

@@ -15,16 +15,31 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
 }
 
 
+# rectified-flow bases (FLUX.1, SD3): their schedulers step σ from 1 to 0, with the base's own shift
+FLOW_SAMPLERS: dict[str, tuple[str, dict]] = {
+    "Euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "Heun": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+
+
 def sampler_names() -> list[str]:
     return list(SAMPLERS)
 
 
+def is_flow(base_config) -> bool:
+    """Whether a base's scheduler config is a rectified-flow one."""
+    return str(dict(base_config).get("_class_name", "")).startswith("FlowMatch")
+
+
 def make_scheduler(name: str, base_config):
-    """A fresh scheduler of kind ``name`` sharing the base's betas and prediction type."""
+    """A fresh scheduler of kind ``name`` sharing the base's betas and prediction type (or, for a rectified-flow
+    base, its shift)."""
     import diffusers
 
-    key = next((k for k in SAMPLERS if k.lower() == name.strip().lower()), None)
+    table = FLOW_SAMPLERS if is_flow(base_config) else SAMPLERS
+    key = next((k for k in table if k.lower() == name.strip().lower()), None)
     if key is None:
-        raise UserError(f"unknown scheduler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    cls_name, extra = SAMPLERS[key]
+        kind = " for this rectified-flow base (FLUX.1, SD3)" if table is FLOW_SAMPLERS else ""
+        raise UserError(f"unknown scheduler {name!r}{kind}; choose one of: {', '.join(table)}")
+    cls_name, extra = table[key]
     return getattr(diffusers, cls_name).from_config(base_config, **extra)

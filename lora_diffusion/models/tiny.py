@@ -1,9 +1,9 @@
-"""Tiny SD-architecture models built from configs with random weights.
+"""Tiny models of the real architectures built from configs with random weights.
 
 Same module layout as the real families (SD1.x conv projections, SD2.x linear
 projections and 1024-wide cross-attention, SDXL text_time conditioning and two
-text encoders) at a size that runs in milliseconds on a CPU. Tests and demos use
-them; nothing is downloaded.
+text encoders, FLUX.1's double and single transformer blocks with CLIP-L and T5) at a size that runs in
+milliseconds on a CPU. Tests and demos use them; nothing is downloaded (the T5 tokenizer is built offline).
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | 
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
+    if arch == "flux":
+        return tiny_flux_pipeline(seed, tokenizer_dir, guidance=True)
     if arch not in ("sd1", "sd2", "sdxl"):
-        raise ValueError(f"tiny_pipeline builds sd1, sd2 or sdxl pipelines, not {arch!r}")
+        raise ValueError(f"tiny_pipeline builds sd1, sd2, sdxl or flux pipelines, not {arch!r}")
     components = tiny_components(arch, seed)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
@@ -117,3 +119,51 @@ def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | 
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def tiny_t5_tokenizer(max_length: int = 512):
+    """A T5 (SentencePiece-Unigram) fast tokenizer over single characters, built offline with ``tokenizers``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789,.!?'-")
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(s, -2.0) for s in symbols] + [("\u2581" + s, -2.5) for s in symbols]
+    model = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    model.pre_tokenizer = pre_tokenizers.Metaspace()
+    model.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def tiny_flux_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None, guidance: bool = True):
+    """A complete tiny ``FluxPipeline``: one double and one single block, CLIP-L- and T5-shaped encoders, a VAE
+    with FLUX's shift/scale and no quant convs; ``guidance`` gives it dev's guidance embedding (schnell has none)."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    t5_tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance, axes_dims_rope=(2, 2, 4),
+    ).eval()
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=1000, eos_token_id=2, bos_token_id=1, pad_token_id=1,
+                                        hidden_size=32, **_TINY_TEXT)).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8)).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
+        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+    tok_dir = write_tiny_tokenizer(tokenizer_dir or tempfile.mkdtemp(prefix="tiny-tok-"))
+    clip_tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
+                        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer)

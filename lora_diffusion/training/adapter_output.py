@@ -11,7 +11,6 @@ import torch
 
 from ..adapters.apply import components_architecture, pipeline_components, save_adapter
 from ..errors import UserError
-from ..families import family_of
 from ..safe_write import atomic_write
 from .adapter_metadata import adapter_metadata
 from .run_setup import ADAPTER
@@ -58,8 +57,8 @@ def validation_grid(run, path: Path) -> None:
     cfg, pipe, resolution = run.cfg, run.pipe, run.cfg.resolution
     prompts = cfg.validation_prompts or list(dict.fromkeys(e.caption for e in run.data.items))[:4]
     device = run.denoiser.model.device
-    models = (pipe.vae, *(getattr(pipe, attr, None) for attr in family_of(pipe).text_encoders.values()))
-    offloaded = [m for m in models if m is not None and m.device != device]
+    models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module) and m is not run.denoiser.model]
+    offloaded = [m for m in models if m.device != device]
     for model in offloaded:  # offload_encoders moved them off the GPU; sampling needs them back briefly
         model.to(device)
     try:

@@ -83,6 +83,8 @@ class TrainConfig:
     lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up steps"})
     min_snr_gamma: float | None = field(default=None, metadata={"help": "min-SNR-γ loss weighting (0: off; 5 is common)"})
     noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
+    min_timestep: int = field(default=0, metadata={"help": "train on noise levels from this timestep (kohya's --min_timestep)"})
+    max_timestep: int = field(default=1000, metadata={"help": "train on noise levels below this timestep (kohya's --max_timestep; 1000: all)"})
     cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: none; Ctrl-C still saves one)"})
     checkpoint_dir: str = field(default="", metadata={"help": "checkpoint folder (default: next to the output)"})
@@ -127,6 +129,9 @@ class TrainConfig:
         for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
             if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        if not 0 <= self.min_timestep < self.max_timestep <= 1000:
+            raise UserError(f"timesteps {self.min_timestep}..{self.max_timestep}: need 0 <= --min-timestep < "
+                            "--max-timestep <= 1000 (the SD schedulers' 1000 training timesteps)")
         if self.network != "lora" and self.lora_dropout:
             raise UserError("config key 'lora_dropout' works with --network lora only (LoHa/LoKr build their weight "
                             "change whole); drop --lora-dropout or use --network lora")

@@ -21,8 +21,8 @@ class Share:
         full = torch.randn((self.total, *shape[1:]), generator=generator, device=generator.device)
         return full[self.start : self.start + shape[0]]
 
-    def randint(self, high: int, n: int, generator: torch.Generator) -> torch.Tensor:
-        full = torch.randint(0, high, (self.total,), generator=generator, device=generator.device)
+    def randint(self, high: int, n: int, generator: torch.Generator, low: int = 0) -> torch.Tensor:
+        full = torch.randint(low, high, (self.total,), generator=generator, device=generator.device)
         return full[self.start : self.start + n]
 
 
@@ -33,10 +33,12 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
                    *, added_cond_kwargs: dict | None = None, min_snr_gamma: float = 0.0,
-                   noise_offset: float = 0.0, share: Share | None = None) -> torch.Tensor:
+                   noise_offset: float = 0.0, share: Share | None = None,
+                   timesteps: tuple[int, int] | None = None) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
-    ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning.
+    ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning; ``timesteps`` is the
+    [low, high) range timesteps are drawn from (default: all of the scheduler's).
     Randomness comes only from ``generator`` (on the CPU, or on the GPU when training there),
     so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
@@ -46,7 +48,8 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
     if noise_offset:
         offset = share.randn((b, latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
         noise = noise + noise_offset * offset
-    timesteps = share.randint(scheduler.config.num_train_timesteps, b, generator).to(latents.device)
+    low, high = timesteps or (0, scheduler.config.num_train_timesteps)
+    timesteps = share.randint(min(high, scheduler.config.num_train_timesteps), b, generator, low=low).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -75,8 +78,9 @@ class DdpmObjective:
         self.scheduler = DDPMScheduler.from_config(scheduler_config)
 
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
-             added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share) -> torch.Tensor:
+             added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share,
+             timesteps: tuple[int, int] | None = None) -> torch.Tensor:
         """The batch's mean loss (see ``denoising_loss``)."""
         return denoising_loss(denoiser, self.scheduler, latents, text_states, generator,
                               added_cond_kwargs=added_cond_kwargs, min_snr_gamma=min_snr_gamma,
-                              noise_offset=noise_offset, share=share)
+                              noise_offset=noise_offset, share=share, timesteps=timesteps)

@@ -39,7 +39,7 @@ class OptimizerStep:
                     loss = run.objective.loss(run.denoiser.forward, batch.latents.to(run.weight_dtype),
                                               batch.text_states, generator, added_cond_kwargs=batch.added,
                                               min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
-                                              share=batch.share)
+                                              share=batch.share, timesteps=(cfg.min_timestep, cfg.max_timestep))
                 accelerator.backward(loss)
                 if run.own_sync and accelerator.sync_gradients:
                     average_gradients(run.params, accelerator.num_processes)

@@ -31,14 +31,13 @@ class BaseFacts:
     native_resolution: int
     prediction_type: str = "epsilon"
     upscale_warning: bool = False  # the family warns when training above its native size
+    graphable: bool = True  # the family's denoiser call fits the trainer's CUDA-graph replay
 
     @classmethod
     def of_pipeline(cls, pipe) -> "BaseFacts":
-        configs = {name: dict(getattr(pipe, name).config) for name in ("unet", "transformer", "vae", "scheduler")
-                   if getattr(pipe, name, None) is not None}
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            configs["text_encoder_2"] = {}
-        return cls.of_configs(configs)
+        from ..families import pipeline_configs
+
+        return cls.of_configs(pipeline_configs(pipe))
 
     @classmethod
     def of_configs(cls, configs: dict[str, dict]) -> "BaseFacts":
@@ -47,7 +46,8 @@ class BaseFacts:
 
         family = family_of_configs(configs)
         prediction = str(configs.get("scheduler", {}).get("prediction_type", "epsilon"))
-        return cls(family.name, family.native_resolution(configs), prediction, family.upscale_warning)
+        return cls(family.name, family.native_resolution(configs), prediction, family.upscale_warning,
+                   family.graphable)
 
 
 @dataclass(frozen=True)
@@ -193,9 +193,9 @@ def complete_plan(plan: Plan, base: BaseFacts, images: int, device: DeviceFacts)
     put("gradient_checkpointing", bool(on_gpu and device.memory_gib < below),
         f"GPU has under {below} GiB" if on_gpu and device.memory_gib < below else "not needed for memory")
     _plan_compile(plan, profile, device)
-    blocker = _cuda_graph_blocker(cfg, device)
+    blocker = _cuda_graph_blocker(cfg, device, base.graphable)
     put("cuda_graphs", blocker is None, blocker or "the step is launch-bound; graphs are captured in seconds")
-    check_combinations(cfg, device)
+    check_combinations(cfg, device, base.graphable)
     return plan
 
 
@@ -215,7 +215,7 @@ def _plan_compile(plan: Plan, profile: dict, device: DeviceFacts) -> None:
              "CUDA graphs" if cfg.compile else "no compile")
 
 
-def check_combinations(cfg: TrainConfig, device: DeviceFacts) -> None:
+def check_combinations(cfg: TrainConfig, device: DeviceFacts, graphable: bool = True) -> None:
     """One error line for settings that cannot be used together; every key is filled when this runs."""
     if cfg.base_precision in QUANTIZED and cfg.dora:
         raise UserError(f"--dora with --base-precision {cfg.base_precision}: DoRA normalises the full-precision base "
@@ -223,15 +223,17 @@ def check_combinations(cfg: TrainConfig, device: DeviceFacts) -> None:
     if cfg.base_precision in QUANTIZED and cfg.compile:
         raise UserError(f"--compile with --base-precision {cfg.base_precision}: the quantized weights are not compiled "
                         "here; drop --compile (CUDA graphs still apply)")
-    blocker = _cuda_graph_blocker(cfg, device)
+    blocker = _cuda_graph_blocker(cfg, device, graphable)
     if cfg.cuda_graphs and blocker:
         raise UserError(f"--cuda-graphs cannot be used here: {blocker}; leave --cuda-graphs unset or pass --no-cuda-graphs")
 
 
-def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts) -> str | None:
-    """Why CUDA graphs of the UNet step cannot be used with these settings, or None."""
+def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts, graphable: bool = True) -> str | None:
+    """Why CUDA graphs of the denoiser's step cannot be used with these settings, or None."""
     if device.kind != "cuda":
         return "CUDA graphs need a CUDA GPU"
+    if not graphable:
+        return "this base family's denoiser runs eagerly"
     if cfg.compile:
         return "torch.compile is on (its reduce-overhead mode makes its own graphs)"
     if cfg.gradient_accumulation > 1:

@@ -178,7 +178,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     _place_frozen(model, pipe.vae, text_encoders, accelerator.device, weight_dtype)
     clock.mark("encoders to the device")
 
-    trained = _inject_lora(cfg, model, text_encoders, family.target_presets)
+    trainable_text = {role: text_encoders[role] for role in family.text_encoders if role in text_encoders}
+    trained = _inject_lora(cfg, model, trainable_text, family.target_presets)
     if main and progress:
         print(parameter_report(model, *text_encoders.values()), file=sys.stderr)
     if main and accelerator.num_processes > 1:
@@ -191,9 +192,9 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     _quantize_base(cfg, model, text_encoders, accelerator.device, precision, main and progress)
     model.to(accelerator.device)
 
-    optimizer, lr_scheduler, params = _optimizer(cfg, model, text_encoders, accelerator.device)
-    denoiser, trained_text, optimizer, lr_scheduler = _prepare(cfg, accelerator, model, text_encoders, conditioning,
-                                                               optimizer, lr_scheduler)
+    optimizer, lr_scheduler, params = _optimizer(cfg, model, trainable_text, accelerator.device)
+    denoiser, trained_text, optimizer, lr_scheduler = _prepare(cfg, accelerator, model, text_encoders, trainable_text,
+                                                               conditioning, optimizer, lr_scheduler)
     run = RunState(cfg, plan, device, accelerator, pipe, objective, weight_dtype, denoiser, trained, trained_text,
                    data, inputs, optimizer, lr_scheduler, params, accelerator.num_processes > 1 and bool(cfg.cuda_graphs),
                    paths, clock, images)
@@ -215,7 +216,8 @@ def _place_frozen(model, vae, text_encoders: dict, device: torch.device, weight_
 
 
 def _inject_lora(cfg: TrainConfig, model, text_encoders: dict, presets) -> dict[str, torch.nn.Module]:
-    """LoRA into the denoiser (and the text encoders when asked): the only trainable weights, kept in fp32."""
+    """LoRA into the denoiser (and the family's LoRA-able text encoders when asked): the only trainable weights,
+    kept in fp32."""
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout, network=cfg.network,
                       dora=cfg.dora, factor=cfg.lokr_factor)
@@ -299,11 +301,12 @@ def _optimizer(cfg: TrainConfig, model, text_encoders: dict, device: torch.devic
     return optimizer, lr_scheduler, [p for g in groups for p in g["params"]]
 
 
-def _prepare(cfg: TrainConfig, accelerator, model, text_encoders: dict, conditioning, optimizer, lr_scheduler):
+def _prepare(cfg: TrainConfig, accelerator, model, text_encoders: dict, trainable_text: dict, conditioning, optimizer,
+             lr_scheduler):
     """accelerate's handles on what trains: the denoiser's three roles, the trained text encoders, the optimizer
     and its schedule."""
     # frozen text encoders are not prepared: accelerate would move offloaded ones back to the GPU
-    trained_te = list(text_encoders) if cfg.train_text_encoder else []
+    trained_te = list(trainable_text) if cfg.train_text_encoder else []
     # CUDA graphs bypass DDP's backward hooks: with several processes the denoiser stays unwrapped and the
     # loop averages the adapter's gradients itself (grad_sync.py)
     own_sync = bool(cfg.cuda_graphs) and accelerator.num_processes > 1

@@ -1,0 +1,76 @@
+"""The rectified-flow objective FLUX.1 and SD3 train with: x_σ = (1 − σ)·x₀ + σ·ε, the transformer predicts ε − x₀.
+
+σ is drawn logit-normal (a sigmoid of a standard normal: the middle noise levels, where the image is decided,
+most often — SimpleTuner's and ai-toolkit's default) and then shifted toward noise by ``shift`` (kohya's
+``discrete_flow_shift``; 1 leaves it). A run's ``--min-timestep``/``--max-timestep`` (out of 1000) bound σ.
+FLUX's latents go in as 2×2 patches with their (row, column) position ids, and a guidance-distilled base (dev)
+gets a constant guidance value, as at generation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..training.objective import Share
+
+TRAINING_GUIDANCE = 1.0  # kohya and SimpleTuner feed dev a guidance of 1 while training
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, H/2·W/2, 4C): each 2×2 patch one token, as ``FluxPipeline._pack_latents``."""
+    b, c, h, w = latents.shape
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of ``pack`` for a latent of ``height`` × ``width``."""
+    b, _, d = tokens.shape
+    patches = tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(b, d // 4, height, width)
+
+
+def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
+    """(H/2·W/2, 3) position ids of the packed tokens: (0, row, column)."""
+    ids = torch.zeros(height // 2, width // 2, 3, device=device, dtype=dtype)
+    ids[..., 1] = torch.arange(height // 2, device=device, dtype=dtype)[:, None]
+    ids[..., 2] = torch.arange(width // 2, device=device, dtype=dtype)[None, :]
+    return ids.reshape(-1, 3)
+
+
+class FlowMatchObjective:
+    """Rectified flow on packed latents for a FLUX.1 transformer (``Family.objective`` of ``families/flux.py``)."""
+
+    def __init__(self, guidance_embeds: bool, shift: float = 1.0):
+        self.guidance = TRAINING_GUIDANCE if guidance_embeds else None
+        self.shift = shift
+
+    def sigmas(self, n: int, share: Share, generator: torch.Generator, window: tuple[int, int] | None) -> torch.Tensor:
+        u = torch.sigmoid(share.randn((n,), generator))
+        sigma = self.shift * u / (1 + (self.shift - 1) * u)
+        low, high = window or (0, 1000)
+        return low / 1000 + (high - low) / 1000 * sigma
+
+    def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
+             added_cond_kwargs: dict | None, min_snr_gamma: float = 0.0, noise_offset: float = 0.0,
+             share: Share | None = None, timesteps: tuple[int, int] | None = None) -> torch.Tensor:
+        """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here)."""
+        b, _, h, w = latents.shape
+        share = share or Share(0, b)
+        noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
+        if noise_offset:
+            offset = share.randn((b, latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
+            noise = noise + noise_offset * offset
+        sigma = self.sigmas(b, share, generator, timesteps).to(latents.device, latents.dtype)
+        noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
+        txt_ids = torch.zeros(text_states.shape[1], 3, device=latents.device, dtype=latents.dtype)
+        guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=latents.device,
+                                                                  dtype=latents.dtype)
+        pred = denoiser(hidden_states=pack(noisy), encoder_hidden_states=text_states,
+                        pooled_projections=added_cond_kwargs["pooled_projections"], timestep=sigma,
+                        img_ids=image_ids(h, w, latents.device, latents.dtype), txt_ids=txt_ids, guidance=guidance,
+                        return_dict=False)[0]
+        target = noise - latents
+        loss = F.mse_loss(unpack(pred, h, w).float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return loss.mean()

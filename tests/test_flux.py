@@ -1,0 +1,162 @@
+"""FLUX.1 as a base family on a tiny random pipeline of the real architecture (one double and one single block,
+CLIP-L- and T5-shaped encoders, an offline T5 tokenizer): recognised, conditioned and packed as diffusers'
+FluxPipeline does, trained with the simplest command (derived plan, flow-matching loss lowered), resumed bit for
+bit, cached = uncached, LoKr and DoRA."""
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_kill_and_resume_is_bit_identical
+from lora_diffusion import load_adapter, pipeline_components, read_adapter, set_adapter_weight
+from lora_diffusion.cli.main import main
+from lora_diffusion.families import family_of, family_of_base, family_of_checkpoint
+from lora_diffusion.families.flow_matching import FlowMatchObjective, image_ids, pack, unpack
+from lora_diffusion.models.tiny import tiny_pipeline
+from lora_diffusion.training.config import TrainConfig
+from lora_diffusion.training.objective import Share
+from lora_diffusion.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def flux_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flux") / "base"
+    tiny_pipeline("flux").save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flux-data")
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 90, 160)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a square {i}")
+    return str(folder)
+
+
+def test_flux_is_recognised_from_a_pipeline_its_folder_and_its_single_file_names(flux_base):
+    from lora_diffusion.models.loading import load_pipeline
+
+    assert family_of(load_pipeline(flux_base)).name == "flux"
+    assert family_of_base(flux_base).name == "flux"
+    assert family_of_checkpoint({"double_blocks.0.img_attn.qkv.weight", "img_in.weight"}).name == "flux"
+    assert family_of_checkpoint({"model.diffusion_model.input_blocks.0.0.weight"}).name == "sd1"
+
+
+def test_latents_are_packed_and_conditioned_as_fluxpipeline_does():
+    from diffusers import FluxPipeline
+
+    from lora_diffusion.families.flux_conditioning import FluxEncoders
+
+    latents = torch.randn(2, 4, 8, 6)
+    assert torch.equal(pack(latents), FluxPipeline._pack_latents(latents, 2, 4, 8, 6))
+    assert torch.equal(unpack(pack(latents), 8, 6), latents)
+    assert torch.equal(image_ids(8, 6, "cpu", torch.float32),
+                       FluxPipeline._prepare_latent_image_ids(2, 4, 3, "cpu", torch.float32))
+    pipe = tiny_pipeline("flux")
+    ours = FluxEncoders(pipe, 512).encode(["a red circle", "two blue squares"], torch.device("cpu"))
+    states, pooled, _ = pipe.encode_prompt(["a red circle", "two blue squares"], max_sequence_length=512)
+    assert torch.equal(ours["states"], states) and torch.equal(ours["pooled"], pooled)
+
+
+def _fixed_loss(base: str, data: str, adapter=None) -> float:
+    """The flow-matching loss of the data under 8 fixed noise draws, with ``adapter`` loaded at weight 1."""
+    from lora_diffusion.data.dataset import TrainingData
+    from lora_diffusion.data.folder import scan_folder
+    from lora_diffusion.families.flux_conditioning import FluxEncoders
+    from lora_diffusion.models.loading import load_pipeline
+
+    pipe = load_pipeline(base)
+    if adapter:
+        components = pipeline_components(pipe)
+        set_adapter_weight(components["unet"], load_adapter(adapter, components), 1.0)
+    items = TrainingData(scan_folder(data).examples, 32)
+    objective = FlowMatchObjective(guidance_embeds=True)
+    with torch.no_grad():
+        pixels = torch.stack([items.pixels(i, 0) for i in range(len(items.items))])
+        latents = (pipe.vae.encode(pixels).latent_dist.mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        encoded = FluxEncoders(pipe, 512).encode([e.caption for e in items.items], torch.device("cpu"))
+        return sum(objective.loss(pipe.transformer, latents, encoded["states"], torch.Generator().manual_seed(k),
+                                  added_cond_kwargs={"pooled_projections": encoded["pooled"]},
+                                  share=Share(0, len(latents))).item() for k in range(8))
+
+
+@pytest.fixture(scope="module")
+def flux_lora(flux_base, squares, tmp_path_factory):
+    """A LoRA trained with the simplest command (the derived plan; steps and lr shortened for a test) and what it
+    printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("flux-lora") / "flux.safetensors"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--base", flux_base, "--data", squares, "--output", str(out), "--steps", "40",
+                     "--lr", "5e-3"])
+    assert code == 0, err.getvalue()
+    return out, err.getvalue()
+
+
+def test_the_simplest_command_trains_flux_with_a_derived_plan_and_lowers_the_loss(flux_base, squares, flux_lora):
+    out, err = flux_lora
+    assert "plan: profile flux (profiles/flux.yaml), 4 images" in err and "targets = attn  (profile flux)" in err
+    adapter = read_adapter(out)
+    assert adapter.metadata["ss_base_model_version"] == "flux1" and adapter.rank == 16
+    # attention of the double block (image and text streams: 8 projections) and of the single block (q, k, v)
+    assert len(adapter.modules) == 11
+    assert "lora_unet_transformer_blocks_0_attn_add_q_proj" in adapter.modules
+    assert "lora_unet_single_transformer_blocks_0_attn_to_v" in adapter.modules
+    before, after = _fixed_loss(flux_base, squares), _fixed_loss(flux_base, squares, str(out))
+    assert after < 0.9 * before, (before, after)
+
+
+def test_flux_generates_with_its_family_defaults_and_blends_by_weight(flux_base, flux_lora, tmp_path, capsys):
+    import numpy as np
+
+    from lora_diffusion.generation.engine import GenerationEngine, LoraChoice
+
+    out, _ = flux_lora
+    assert main(["generate", "a square 1", "--base", flux_base, "--lora", f"{out}:1", "--out", str(tmp_path),
+                 "--seed", "3"]) == 0
+    png = Image.open(next(tmp_path.glob("*.png")))
+    assert "Steps: 28, Sampler: Euler, CFG scale: 3.5, Seed: 3, Size: 32x32" in png.info["parameters"]
+    engine = GenerationEngine(device="cpu")
+    images = {w: np.asarray(engine.generate("a square 1", base=flux_base, loras=[LoraChoice(str(out), w)], seed=3,
+                                            steps=4, guidance=3.5, scheduler="Euler")[0][0]).astype(int)
+              for w in (0.0, 1.0)}
+    plain = np.asarray(engine.generate("a square 1", base=flux_base, seed=3, steps=4, guidance=3.5,
+                                       scheduler="Euler")[0][0]).astype(int)
+    assert np.array_equal(images[0.0], plain) and np.abs(images[1.0] - plain).mean() > 1
+    assert main(["generate", "x", "--base", flux_base, "--scheduler", "DPM++ 2M", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown scheduler 'DPM++ 2M' for this rectified-flow base "
+                                                    "(FLUX.1, SD3); choose one of: Euler, Heun")
+
+
+def test_a_flux_lora_offered_to_an_sd_base_is_one_line_naming_both(flux_lora, tmp_path, capsys):
+    out, _ = flux_lora
+    assert main(["generate", "x", "--lora", f"{out}:1", "--out", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: LoRA file {out} does not fit the base model") and line.endswith(
+        "this LoRA was made for FLUX.1; the loaded base is the built-in base")
+
+
+def test_flux_kill_after_checkpoint_then_resume_is_bit_identical(flux_base, squares, tmp_path):
+    assert_kill_and_resume_is_bit_identical(
+        ["--base", flux_base, "--data", squares, "--steps", "6", "--batch-size", "2", "--lr", "5e-3", "--seed", "4",
+         "--checkpoint-every", "3", "--quiet"], tmp_path)
+
+
+@pytest.mark.parametrize("extra", [{}, {"network": "lokr"}, {"dora": True}])
+def test_cached_and_uncached_flux_runs_match_for_lora_lokr_and_dora(flux_base, squares, tmp_path, extra):
+    runs = [train(TrainConfig(base=flux_base, data=squares, output=str(tmp_path / f"{cache}.safetensors"), steps=4,
+                              batch_size=2, lr=5e-3, cache=cache, **extra), progress=False).losses
+            for cache in ("memory", "off")]
+    assert runs[0] == runs[1] and len(runs[0]) == 4 and all(torch.isfinite(torch.tensor(runs[0])))
+
+
+def test_a_sigma_window_bounds_the_noise_levels():
+    objective = FlowMatchObjective(guidance_embeds=False)
+    sigmas = objective.sigmas(4096, Share(0, 4096), torch.Generator().manual_seed(0), (200, 600))
+    assert float(sigmas.min()) >= 0.2 and float(sigmas.max()) <= 0.6
+    whole = objective.sigmas(4096, Share(0, 4096), torch.Generator().manual_seed(0), None)
+    assert 0.45 < float(whole.median()) < 0.55  # logit-normal: centred on the middle noise level
