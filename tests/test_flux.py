@@ -160,3 +160,65 @@ def test_a_sigma_window_bounds_the_noise_levels():
     assert float(sigmas.min()) >= 0.2 and float(sigmas.max()) <= 0.6
     whole = objective.sigmas(4096, Share(0, 4096), torch.Generator().manual_seed(0), None)
     assert 0.45 < float(whole.median()) < 0.55  # logit-normal: centred on the middle noise level
+
+
+def test_fusing_qkv_for_the_bfl_layout_is_exact_and_splits_back():
+    from lora_diffusion.adapters.flux_layout import from_bfl, to_bfl
+    from lora_diffusion.adapters.modules import ModuleLora
+
+    g = torch.Generator().manual_seed(0)
+
+    def lora(rank, out, inp, alpha):
+        return ModuleLora(alpha=alpha, down=torch.randn(rank, inp, generator=g), up=torch.randn(out, rank, generator=g))
+
+    ours = {f"lora_unet_transformer_blocks_0_attn_to_{p}": lora(4, 16, 16, a) for p, a in zip("qkv", (4.0, 2.0, 8.0))}
+    ours |= {f"lora_unet_single_transformer_blocks_0_attn_to_{p}": lora(4, 16, 16, 4.0) for p in "qkv"}
+    ours["lora_unet_single_transformer_blocks_0_proj_out"] = lora(4, 16, 80, 1.0)
+    bfl = to_bfl(ours)
+    assert sorted(bfl) == ["lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1",
+                           "lora_unet_single_blocks_0_linear2"]
+    qkv = bfl["lora_unet_double_blocks_0_img_attn_qkv"].delta()
+    stacked = torch.cat([ours[f"lora_unet_transformer_blocks_0_attn_to_{p}"].delta() for p in "qkv"])
+    assert torch.allclose(qkv, stacked, atol=1e-5)
+    linear1 = bfl["lora_unet_single_blocks_0_linear1"].delta()
+    assert linear1.shape == (16 * 7, 16) and not linear1[48:].any()  # the MLP input rows: untrained, zero
+    back = from_bfl(bfl)
+    assert sorted(back) == sorted(ours)
+    for name, module in ours.items():
+        assert back[name].rank == module.rank and torch.allclose(back[name].delta(), module.delta(), atol=1e-5)
+
+
+def test_diffusers_loads_our_bfl_file_and_gets_our_transformer_output(flux_base, tmp_path):
+    """Every double-block module in our BFL file, fused q/k/v included, loads in diffusers' ``load_lora_weights``
+    with the same transformer output as ours. (diffusers splits a single block's ``linear1`` at FLUX.1's real
+    widths, 3072/12288, so the tiny model's single blocks cannot go through it; their split is tested above.)"""
+    from lora_diffusion.adapters.file import AdapterFile, write_adapter
+    from lora_diffusion.adapters.flux_layout import DOUBLE
+    from lora_diffusion.adapters.modules import ModuleLora
+    from lora_diffusion.models.loading import load_pipeline
+
+    ours = load_pipeline(flux_base)
+    shapes = {path.replace(".", "_"): tuple(m.weight.shape) for path, m in ours.transformer.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    g = torch.Generator().manual_seed(2)
+    modules = {}
+    for sub in DOUBLE:
+        out_features, in_features = shapes[f"transformer_blocks_0_{sub}"]
+        modules[f"lora_unet_transformer_blocks_0_{sub}"] = ModuleLora(
+            alpha=2.0, down=torch.randn(4, in_features, generator=g) * 0.3, up=torch.randn(out_features, 4, generator=g) * 0.3)
+    path = write_adapter(AdapterFile(modules, {"ss_base_model_version": "flux1"}), tmp_path / "double.safetensors",
+                         dtype="fp32")
+    components = pipeline_components(ours)
+    set_adapter_weight(components["unet"], load_adapter(path, components), 1.0)
+    theirs = load_pipeline(flux_base)
+    theirs.load_lora_weights(str(path))
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=image_ids(8, 8, "cpu", torch.float32), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([1.0]))
+    with torch.no_grad():
+        a = ours.transformer(**inputs).sample
+        b = theirs.transformer(**inputs).sample
+        base = load_pipeline(flux_base).transformer(**inputs).sample
+    assert (a - base).abs().max() > 1e-2  # the LoRA changes the output ...
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # ... and diffusers reads it as we do

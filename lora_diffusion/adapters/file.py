@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..safe_write import atomic_write
 from ..families import family_from_kohya_version, family_of_text_width
+from .flux_layout import from_bfl, is_bfl, is_flux, to_bfl
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
@@ -76,6 +77,8 @@ class AdapterFile:
         return self.architecture_from_shapes()
 
     def architecture_from_shapes(self) -> str:
+        if is_flux(self.modules):
+            return "flux"
         has_te2 = any(n.startswith("lora_te2_") for n in self.modules)
         for name, module in self.modules.items():
             if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and module.has_weight:
@@ -128,7 +131,10 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     _check_values(path, tensors)
     layout = detect_layout(list(tensors))
     if layout == "kohya":
-        return _checked(AdapterFile(parse(layout, tensors, metadata, path), metadata, "kohya"), path)
+        modules = parse(layout, tensors, metadata, path)
+        if is_bfl(modules):  # FLUX in the BFL/kohya layout: fused modules split into the transformer's own
+            modules = from_bfl(modules)
+        return _checked(AdapterFile(modules, metadata, "kohya"), path)
     if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
         raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")
     if layout == "unknown":
@@ -201,7 +207,10 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
         raise UserError(f"layout {layout!r} is not one of {', '.join(WRITE_LAYOUTS)}")
     metadata = {k: str(v) for k, v in adapter.metadata.items() if k not in (METADATA_KEY, "lora_diffusion.alphas")}
     metadata.setdefault("format", "pt")
-    tensors, extra = serialize(adapter.modules, layout, SAVE_DTYPES[dtype])
+    modules = adapter.modules
+    if layout == "kohya" and adapter.architecture() == "flux":  # the BFL layout ComfyUI, Forge and kohya read
+        modules = to_bfl(modules)
+    tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype])
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout
     try:
