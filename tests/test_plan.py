@@ -84,12 +84,21 @@ def test_sdxl_on_an_h100_uses_batch_4_and_cuda_graphs_without_checkpointing():
     (dict(compile=True), "torch.compile is on (its reduce-overhead mode makes its own graphs)"),
     (dict(train_text_encoder=True), "text-encoder training runs eagerly"),
     (dict(gradient_accumulation=2), "gradient accumulation runs eagerly"),
+    (dict(train_weight_min=0.5), "train_weight_min changes the LoRA's weight every step"),
 ])
 def test_cuda_graphs_step_aside_for_settings_that_need_an_eager_step(setting, reason):
     plan = derive_plan(_cfg(**setting), BaseFacts("sdxl", 1024), 24, H100)
     assert plan.config.cuda_graphs is False and plan.reasons["cuda_graphs"] == reason
     two_gpus = DeviceFacts("cuda", 79.2, True, "NVIDIA H100 80GB HBM3", processes=2)
     assert derive_plan(_cfg(), BaseFacts("sdxl", 1024), 24, two_gpus).config.cuda_graphs is True  # own grad sync
+
+
+def test_a_flux_base_never_gets_cuda_graphs_and_a_changing_weight_is_not_compiled():
+    flux = BaseFacts("flux", 1024, graphable=False)
+    plan = derive_plan(_cfg(), flux, 24, H100)
+    assert plan.config.cuda_graphs is False and plan.reasons["cuda_graphs"] == "this base family's denoiser runs eagerly"
+    with pytest.raises(Exception, match=r"^--compile with --train-weight-min below 1: the weight changes every step"):
+        derive_plan(_cfg(compile=True, train_weight_min=0.5), flux, 24, H100)
 
 
 def test_cuda_graphs_forced_where_they_cannot_run_is_one_clear_error():

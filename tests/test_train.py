@@ -280,3 +280,27 @@ def test_a_bad_timestep_range_is_one_line(low, high, tmp_path):
     cfg = TrainConfig(data=str(tmp_path), output=str(tmp_path / "a.safetensors"), min_timestep=low, max_timestep=high)
     with pytest.raises(UserError, match=rf"^timesteps {low}\.\.{high}: need 0 <= --min-timestep < --max-timestep <= 1000"):
         cfg.validate()
+
+
+def test_training_at_drawn_weights_keeps_each_steps_noise_and_saves_at_full_weight(tiny_base, style_folder, tmp_path,
+                                                                                   monkeypatch):
+    import lora_diffusion.training.trainer as trainer
+    from lora_diffusion.lora.inject import lora_layers
+
+    seen = []
+
+    def save(run, path, steps, curve=()):
+        seen.append({layer.adapter_weight["lora"] for layer in lora_layers(run.denoiser.model).values()})
+        real_save(run, path, steps, curve)
+
+    real_save = trainer.save_trained
+    monkeypatch.setattr(trainer, "save_trained", save)
+    common = dict(base=tiny_base, data=style_folder, resolution=32, steps=4, batch_size=2, lr=5e-3, seed=2)
+    full = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common), progress=False)
+    drawn = train(TrainConfig(output=str(tmp_path / "b.safetensors"), train_weight_min=0.3, **common), progress=False)
+    # step 1 starts from B = 0, where the weight cannot matter: the same noise gives the same loss, bit for bit;
+    # after it, the drawn weights train a different adapter
+    assert drawn.losses[0] == full.losses[0] and drawn.losses[1:] != full.losses[1:]
+    assert seen == [{1.0}, {1.0}]  # the file is written with the adapter back at full weight
+    with pytest.raises(UserError, match=r"^config key 'train_weight_min' must be in \(0, 1\], got 0"):
+        TrainConfig(output=str(tmp_path / "c.safetensors"), train_weight_min=0, **common).validate()

@@ -84,6 +84,7 @@ class TrainConfig:
     min_snr_gamma: float | None = field(default=None, metadata={"help": "min-SNR-γ loss weighting (0: off; 5 is common)"})
     noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
     min_timestep: int = field(default=0, metadata={"help": "train on noise levels from this timestep (kohya's --min_timestep)"})
+    train_weight_min: float = field(default=1.0, metadata={"help": "each step trains the LoRA at a weight drawn from [this, 1] (1: always at full weight); below 1, weights under 1 learn to show the style too"})
     max_timestep: int = field(default=1000, metadata={"help": "train on noise levels below this timestep (kohya's --max_timestep; 1000: all)"})
     cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: none; Ctrl-C still saves one)"})
@@ -129,6 +130,8 @@ class TrainConfig:
         for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
             if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        if not 0 < self.train_weight_min <= 1:
+            raise UserError(f"config key 'train_weight_min' must be in (0, 1], got {self.train_weight_min!r}")
         if not 0 <= self.min_timestep < self.max_timestep <= 1000:
             raise UserError(f"timesteps {self.min_timestep}..{self.max_timestep}: need 0 <= --min-timestep < "
                             "--max-timestep <= 1000 (the SD schedulers' 1000 training timesteps)")

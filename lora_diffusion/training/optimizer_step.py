@@ -28,6 +28,32 @@ class OptimizerStep:
         self.run, self.feed = run, feed
 
     def __call__(self, step: int) -> tuple[float, bool]:
+        weight = self._train_weight(step)
+        try:
+            return self._step(step)
+        finally:
+            if weight != 1.0:
+                self._set_weight(1.0)  # saving, sampling and checkpoints see the adapter at full weight
+
+    def _train_weight(self, step: int) -> float:
+        """``train_weight_min`` < 1: the step's LoRA weight, from its own stream (the step's noise is unchanged)."""
+        low = self.run.cfg.train_weight_min
+        if low >= 1:
+            return 1.0
+        draw = torch.Generator().manual_seed((self.run.cfg.seed * 7_919 + step * 104_729 + 17) % (2**63 - 1))
+        weight = low + (1 - low) * float(torch.rand((), generator=draw))
+        self._set_weight(weight)
+        return weight
+
+    def _set_weight(self, weight: float) -> None:
+        from ..lora.inject import lora_layers
+        from .run_setup import ADAPTER
+
+        for model in self.run.trained.values():
+            for layer in lora_layers(model).values():
+                layer.set_weight(ADAPTER, weight)
+
+    def _step(self, step: int) -> tuple[float, bool]:
         run, cfg, accelerator = self.run, self.run.cfg, self.run.accelerator
         loss_sum, values, finite = None, [], True
         for micro in range(cfg.gradient_accumulation):

@@ -223,6 +223,9 @@ def check_combinations(cfg: TrainConfig, device: DeviceFacts, graphable: bool = 
     if cfg.base_precision in QUANTIZED and cfg.compile:
         raise UserError(f"--compile with --base-precision {cfg.base_precision}: the quantized weights are not compiled "
                         "here; drop --compile (CUDA graphs still apply)")
+    if cfg.compile and cfg.train_weight_min < 1:
+        raise UserError("--compile with --train-weight-min below 1: the weight changes every step and would be "
+                        "compiled again each time; drop one of them")
     blocker = _cuda_graph_blocker(cfg, device, graphable)
     if cfg.cuda_graphs and blocker:
         raise UserError(f"--cuda-graphs cannot be used here: {blocker}; leave --cuda-graphs unset or pass --no-cuda-graphs")
@@ -234,6 +237,8 @@ def _cuda_graph_blocker(cfg: TrainConfig, device: DeviceFacts, graphable: bool =
         return "CUDA graphs need a CUDA GPU"
     if not graphable:
         return "this base family's denoiser runs eagerly"
+    if cfg.train_weight_min < 1:
+        return "train_weight_min changes the LoRA's weight every step"
     if cfg.compile:
         return "torch.compile is on (its reduce-overhead mode makes its own graphs)"
     if cfg.gradient_accumulation > 1:
