@@ -222,3 +222,12 @@ def test_diffusers_loads_our_bfl_file_and_gets_our_transformer_output(flux_base,
         base = load_pipeline(flux_base).transformer(**inputs).sample
     assert (a - base).abs().max() > 1e-2  # the LoRA changes the output ...
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # ... and diffusers reads it as we do
+
+
+@pytest.mark.parametrize("precision", ["int8", "nf4"])
+def test_flux_trains_on_a_quantized_base(flux_base, squares, tmp_path, capsys, precision):
+    out = tmp_path / "q.safetensors"
+    assert main(["train", "--base", flux_base, "--data", squares, "--output", str(out), "--steps", "3",
+                 "--base-precision", precision]) == 0
+    assert f"base precision: {precision} for " in capsys.readouterr().err
+    assert len(read_adapter(out).modules) == 11
