@@ -231,3 +231,41 @@ def test_flux_trains_on_a_quantized_base(flux_base, squares, tmp_path, capsys, p
                  "--base-precision", precision]) == 0
     assert f"base precision: {precision} for " in capsys.readouterr().err
     assert len(read_adapter(out).modules) == 11
+
+
+def test_a_flux_lora_diffusers_writes_loads_in_ours_with_its_transformer_output(flux_base, tmp_path):
+    """diffusers/PEFT's own FLUX layout (``transformer.…lora_A/lora_B`` + its alpha metadata, what diffusers,
+    ai-toolkit and SimpleTuner save) read by our loader gives diffusers' own transformer output."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from lora_diffusion.models.loading import load_pipeline
+
+    theirs = load_pipeline(flux_base)
+    theirs.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
+                                              target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+                                                              "proj_mlp"]))
+    with torch.no_grad():
+        for name, param in theirs.transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))) * 0.2)
+    FluxPipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=get_peft_model_state_dict(theirs.transformer),
+                                   transformer_lora_adapter_metadata={"r": 4, "lora_alpha": 8})
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    adapter = read_adapter(path)
+    assert adapter.layout == "diffusers" and adapter.architecture() == "flux" and adapter.alpha == 8
+    ours = load_pipeline(flux_base)
+    components = pipeline_components(ours)
+    set_adapter_weight(components["unet"], load_adapter(path, components), 1.0)
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=image_ids(8, 8, "cpu", torch.float32), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([1.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.transformer(**inputs).sample, theirs.transformer(**inputs).sample,
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="layout 'diffusers' is not written for FLUX LoRAs yet; use the kohya layout"):
+        from lora_diffusion.adapters.file import write_adapter
+
+        write_adapter(adapter, tmp_path / "back.safetensors", layout="diffusers")

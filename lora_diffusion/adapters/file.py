@@ -208,8 +208,11 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     metadata = {k: str(v) for k, v in adapter.metadata.items() if k not in (METADATA_KEY, "lora_diffusion.alphas")}
     metadata.setdefault("format", "pt")
     modules = adapter.modules
-    if layout == "kohya" and adapter.architecture() == "flux":  # the BFL layout ComfyUI, Forge and kohya read
-        modules = to_bfl(modules)
+    if adapter.architecture() == "flux":
+        if layout != "kohya":
+            raise UserError(f"layout {layout!r} is not written for FLUX LoRAs yet; use the kohya layout (BFL names), "
+                            "which ComfyUI, Forge, kohya and diffusers' load_lora_weights all read")
+        modules = to_bfl(modules)  # the BFL layout ComfyUI, Forge and kohya read
     tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype])
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout

@@ -31,7 +31,8 @@ from ..naming import PREFIXES, component_of, kohya_name
 
 METADATA_KEY = "lora_adapter_metadata"
 # diffusers pipeline attribute <-> our component key (SDXL's first encoder is te1 in kohya files)
-_DIFFUSERS_PREFIX = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+# (a DiT base's denoiser is diffusers' "transformer": FLUX files from diffusers, ai-toolkit and SimpleTuner)
+_DIFFUSERS_PREFIX = {"unet": "unet", "transformer": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
 _WRITE_PREFIX = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
 # tensor-name ending -> which part of the module's LoRA it is
 _SUFFIXES = [
@@ -112,8 +113,9 @@ def parse_diffusers_state_dict(
     own_alphas = _own_alphas(metadata)
     sdxl = any(k.startswith("text_encoder_2.") for k in keys)
     modules: dict[str, ModuleLora] = {}
-    paths: dict[str, tuple[str, str]] = {}
+    paths: dict[str, tuple[str, str, str]] = {}
     for key, tensor in tensors.items():
+        prefix = ""
         if key.startswith("base_model.model."):
             rest = key[len("base_model.model."):]
             component = "te" if rest.startswith(("text_model.", "encoder.layers.")) else "unet"
@@ -127,13 +129,13 @@ def parse_diffusers_state_dict(
             component = _component(prefix, sdxl)
         path, role = _split(rest)
         name = kohya_name(component, path)
-        paths[name] = (component, path)
+        paths[name] = (component, path, prefix)
         modules.setdefault(name, ModuleLora()).set_part(role, tensor)  # a diff_b is scaled by alpha/r below
     for name, entry in modules.items():
-        component, path = paths[name]
+        component, path, file_prefix = paths[name]
         if entry.down is None or entry.up is None:
             raise UserError(f"{source}: module {path} of {component} has only one of lora_A/lora_B; the file is incomplete")
-        prefix = "text_encoder" if component in ("te", "te1") else _WRITE_PREFIX[component]
+        prefix = file_prefix or ("text_encoder" if component in ("te", "te1") else _WRITE_PREFIX[component])
         config = peft_config or {k[len(prefix) + 1:]: v for k, v in adapter_meta.items() if k.startswith(prefix + ".")}
         if name in own_alphas:
             entry.alpha = own_alphas[name]
