@@ -269,3 +269,12 @@ def test_a_flux_lora_diffusers_writes_loads_in_ours_with_its_transformer_output(
         from lora_diffusion.adapters.file import write_adapter
 
         write_adapter(adapter, tmp_path / "back.safetensors", layout="diffusers")
+
+
+def test_the_generate_tab_offers_flux_samplers_and_defaults_for_a_flux_base(flux_base):
+    from lora_diffusion.ui.app import base_generation_defaults
+
+    assert base_generation_defaults(flux_base) == (["Euler", "Heun"], "Euler", 28, 3.5)
+    names, sampler, steps, guidance = base_generation_defaults("builtin")
+    assert "DPM++ 2M" in names and (sampler, steps, guidance) == ("DPM++ 2M", 20, 5.0)
+    assert base_generation_defaults("/no/such/folder/") is None

@@ -288,6 +288,34 @@ class UiState:
         return "\n".join(_plain(line, 400) for line in lines)
 
 
+def base_generation_defaults(base: str) -> tuple[list[str], str, int, float] | None:
+    """(sampler names, sampler, steps, guidance) the Generate tab offers for ``base``, read from its configs
+    (a rectified-flow base such as FLUX.1 has its own samplers and defaults); None when only loading it can tell."""
+    from ..families import family_of_configs
+    from ..generation.schedulers import FLOW_SAMPLERS, is_flow
+    from ..models.base_configs import read_base_configs
+
+    try:
+        configs = read_base_configs(base)
+    except UserError:
+        return None  # a path typed half-way: the error comes when it is used
+    if configs is None:
+        return None
+    defaults = family_of_configs(configs).generation
+    names = list(FLOW_SAMPLERS) if is_flow(configs.get("scheduler", {})) else sampler_names()
+    return names, defaults.sampler, defaults.steps, defaults.cfg
+
+
+def _base_defaults(base: str):
+    import gradio as gr
+
+    found = base_generation_defaults(base or "builtin")
+    if found is None:
+        return gr.update(), gr.update(), gr.update()
+    names, sampler, steps, guidance = found
+    return gr.update(choices=names, value=sampler), steps, guidance
+
+
 def _upload_paths(files: list | None) -> list[str]:
     return [str(getattr(f, "name", f)) for f in (files or [])]
 
@@ -471,6 +499,8 @@ def _generate_tab(state: UiState) -> dict:
     shared = {key: c[key] for key in ("base", "prompt", "negative", "seed", "steps", "guidance", "width", "height",
                                       "scheduler")}
     dice.click(lambda: random.randrange(2**31), outputs=c["seed"], concurrency_limit=None)
+    c["base"].change(_user_errors(_base_defaults), inputs=c["base"],
+                     outputs=[c["scheduler"], c["steps"], c["guidance"]], concurrency_limit=None)
     png.upload(_user_errors(state.png_fields), inputs=png,
                outputs=[c[k] for k in ("prompt", "negative", "seed", "steps", "guidance", "width", "height",
                                        "scheduler")] + [png_status])
