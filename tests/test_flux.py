@@ -11,7 +11,7 @@ from conftest import assert_kill_and_resume_is_bit_identical
 from lora_diffusion import load_adapter, pipeline_components, read_adapter, set_adapter_weight
 from lora_diffusion.cli.main import main
 from lora_diffusion.families import family_of, family_of_base, family_of_checkpoint
-from lora_diffusion.families.flow_matching import FlowMatchObjective, image_ids, pack, unpack
+from lora_diffusion.families.flow_matching import FluxObjective, image_ids, pack, unpack
 from lora_diffusion.models.tiny import tiny_pipeline
 from lora_diffusion.training.config import TrainConfig
 from lora_diffusion.training.objective import Share
@@ -71,7 +71,7 @@ def _fixed_loss(base: str, data: str, adapter=None) -> float:
         components = pipeline_components(pipe)
         set_adapter_weight(components["unet"], load_adapter(adapter, components), 1.0)
     items = TrainingData(scan_folder(data).examples, 32)
-    objective = FlowMatchObjective(guidance_embeds=True)
+    objective = FluxObjective(guidance_embeds=True)
     with torch.no_grad():
         pixels = torch.stack([items.pixels(i, 0) for i in range(len(items.items))])
         latents = (pipe.vae.encode(pixels).latent_dist.mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
@@ -155,7 +155,7 @@ def test_cached_and_uncached_flux_runs_match_for_lora_lokr_and_dora(flux_base, s
 
 
 def test_a_sigma_window_bounds_the_noise_levels():
-    objective = FlowMatchObjective(guidance_embeds=False)
+    objective = FluxObjective(guidance_embeds=False)
     sigmas = objective.sigmas(4096, Share(0, 4096), torch.Generator().manual_seed(0), (200, 600))
     assert float(sigmas.min()) >= 0.2 and float(sigmas.max()) <= 0.6
     whole = objective.sigmas(4096, Share(0, 4096), torch.Generator().manual_seed(0), None)
@@ -265,7 +265,7 @@ def test_a_flux_lora_diffusers_writes_loads_in_ours_with_its_transformer_output(
     with torch.no_grad():
         torch.testing.assert_close(ours.transformer(**inputs).sample, theirs.transformer(**inputs).sample,
                                    rtol=1e-4, atol=1e-5)
-    with pytest.raises(Exception, match="layout 'diffusers' is not written for FLUX LoRAs yet; use the kohya layout"):
+    with pytest.raises(Exception, match="layout .diffusers. is not written for FLUX.1 LoRAs yet; use the kohya layout"):
         from lora_diffusion.adapters.file import write_adapter
 
         write_adapter(adapter, tmp_path / "back.safetensors", layout="diffusers")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..safe_write import atomic_write
-from ..families import family_from_kohya_version, family_of_text_width
+from ..families import family_from_kohya_version, family_of_text_width, get
 from .flux_layout import from_bfl, is_bfl, is_flux, to_bfl
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
@@ -208,10 +208,11 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     metadata = {k: str(v) for k, v in adapter.metadata.items() if k not in (METADATA_KEY, "lora_diffusion.alphas")}
     metadata.setdefault("format", "pt")
     modules = adapter.modules
-    if adapter.architecture() == "flux":
-        if layout != "kohya":
-            raise UserError(f"layout {layout!r} is not written for FLUX LoRAs yet; use the kohya layout (BFL names), "
-                            "which ComfyUI, Forge, kohya and diffusers' load_lora_weights all read")
+    family = get(adapter.architecture())
+    if layout != "kohya" and family.denoiser != "unet":
+        raise UserError(f"layout {layout!r} is not written for {family.label} LoRAs yet; use the kohya layout, which "
+                        "diffusers' load_lora_weights reads too")
+    if family.name == "flux":
         modules = to_bfl(modules)  # the BFL layout ComfyUI, Forge and kohya read
     tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype])
     metadata.update(extra)

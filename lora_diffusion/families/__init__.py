@@ -9,13 +9,13 @@ in ``training/profiles/`` and its tests.
 
 from __future__ import annotations
 
-from . import builtin, custom, flux, sd1, sd2, sdxl
+from . import builtin, custom, flux, sd1, sd2, sd3, sdxl
 from .family import Family
 
 # recognisers are asked in this order: the built-in marker before the SD1 width it shares, FLUX's transformer
-# config, SDXL's own embedding
+# and SD3's transformer configs, SDXL's own embedding
 # type before widths, "custom" last (it takes anything)
-_ORDER = (builtin.FAMILY, flux.FAMILY, sdxl.FAMILY, sd2.FAMILY, sd1.FAMILY, custom.FAMILY)
+_ORDER = (builtin.FAMILY, flux.FAMILY, sd3.FAMILY, sdxl.FAMILY, sd2.FAMILY, sd1.FAMILY, custom.FAMILY)
 FAMILIES: dict[str, Family] = {family.name: family for family in _ORDER}
 CUSTOM = custom.FAMILY
 

@@ -1,5 +1,7 @@
 """The rectified-flow objective FLUX.1 and SD3 train with: x_σ = (1 − σ)·x₀ + σ·ε, the transformer predicts ε − x₀.
 
+``FlowMatchObjective`` holds the math; ``FluxObjective`` and ``Sd3Objective`` say how each transformer is called.
+
 σ is drawn logit-normal (a sigmoid of a standard normal: the middle noise levels, where the image is decided,
 most often — SimpleTuner's and ai-toolkit's default) and then shifted toward noise by ``shift`` (kohya's
 ``discrete_flow_shift``; 1 leaves it). A run's ``--min-timestep``/``--max-timestep`` (out of 1000) bound σ.
@@ -40,10 +42,9 @@ def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 
 
 class FlowMatchObjective:
-    """Rectified flow on packed latents for a FLUX.1 transformer (``Family.objective`` of ``families/flux.py``)."""
+    """Rectified flow on latents; a subclass calls its transformer (``predict``)."""
 
-    def __init__(self, guidance_embeds: bool, shift: float = 1.0):
-        self.guidance = TRAINING_GUIDANCE if guidance_embeds else None
+    def __init__(self, shift: float = 1.0):
         self.shift = shift
 
     def sigmas(self, n: int, share: Share, generator: torch.Generator, window: tuple[int, int] | None) -> torch.Tensor:
@@ -52,11 +53,15 @@ class FlowMatchObjective:
         low, high = window or (0, 1000)
         return low / 1000 + (high - low) / 1000 * sigma
 
+    def predict(self, denoiser, noisy: torch.Tensor, sigma: torch.Tensor, text_states: torch.Tensor,
+                added: dict) -> torch.Tensor:
+        raise NotImplementedError
+
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float = 0.0, noise_offset: float = 0.0,
              share: Share | None = None, timesteps: tuple[int, int] | None = None) -> torch.Tensor:
         """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here)."""
-        b, _, h, w = latents.shape
+        b = latents.shape[0]
         share = share or Share(0, b)
         noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
         if noise_offset:
@@ -64,13 +69,37 @@ class FlowMatchObjective:
             noise = noise + noise_offset * offset
         sigma = self.sigmas(b, share, generator, timesteps).to(latents.device, latents.dtype)
         noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
-        txt_ids = torch.zeros(text_states.shape[1], 3, device=latents.device, dtype=latents.dtype)
-        guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=latents.device,
-                                                                  dtype=latents.dtype)
-        pred = denoiser(hidden_states=pack(noisy), encoder_hidden_states=text_states,
-                        pooled_projections=added_cond_kwargs["pooled_projections"], timestep=sigma,
-                        img_ids=image_ids(h, w, latents.device, latents.dtype), txt_ids=txt_ids, guidance=guidance,
-                        return_dict=False)[0]
+        pred = self.predict(denoiser, noisy, sigma, text_states, added_cond_kwargs or {})
         target = noise - latents
-        loss = F.mse_loss(unpack(pred, h, w).float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return loss.mean()
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+
+
+class FluxObjective(FlowMatchObjective):
+    """FLUX.1: 2×2-packed tokens with position ids, σ as the timestep, dev's guidance embedding fed 1."""
+
+    def __init__(self, guidance_embeds: bool, shift: float = 1.0):
+        super().__init__(shift)
+        self.guidance = TRAINING_GUIDANCE if guidance_embeds else None
+
+    def predict(self, denoiser, noisy, sigma, text_states, added):
+        b, _, h, w = noisy.shape
+        txt_ids = torch.zeros(text_states.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+        guidance = None if self.guidance is None else torch.full((b,), self.guidance, device=noisy.device,
+                                                                  dtype=noisy.dtype)
+        pred = denoiser(hidden_states=pack(noisy), encoder_hidden_states=text_states,
+                        pooled_projections=added["pooled_projections"], timestep=sigma,
+                        img_ids=image_ids(h, w, noisy.device, noisy.dtype), txt_ids=txt_ids, guidance=guidance,
+                        return_dict=False)[0]
+        return unpack(pred, h, w)
+
+
+class Sd3Objective(FlowMatchObjective):
+    """SD3/SD3.5: the transformer patches the latents itself and takes σ × 1000 as its timestep; noise levels
+    shifted toward noise by 3 (SD3's own scheduler shift, kohya's default ``discrete_flow_shift``)."""
+
+    def __init__(self, shift: float = 3.0):
+        super().__init__(shift)
+
+    def predict(self, denoiser, noisy, sigma, text_states, added):
+        return denoiser(hidden_states=noisy, encoder_hidden_states=text_states,
+                        pooled_projections=added["pooled_projections"], timestep=sigma * 1000, return_dict=False)[0]

@@ -34,9 +34,9 @@ def _conditioning(pipe, base: str):
 
 
 def _objective(pipe):
-    from .flow_matching import FlowMatchObjective
+    from .flow_matching import FluxObjective
 
-    return FlowMatchObjective(guidance_embeds=bool(pipe.transformer.config.guidance_embeds))
+    return FluxObjective(guidance_embeds=bool(pipe.transformer.config.guidance_embeds))
 
 
 def _native_resolution(configs: dict) -> int:

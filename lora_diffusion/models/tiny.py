@@ -87,8 +87,10 @@ def tiny_pipeline(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | 
 
     if arch == "flux":
         return tiny_flux_pipeline(seed, tokenizer_dir, guidance=True)
+    if arch == "sd3":
+        return tiny_sd3_pipeline(seed, tokenizer_dir)
     if arch not in ("sd1", "sd2", "sdxl"):
-        raise ValueError(f"tiny_pipeline builds sd1, sd2, sdxl or flux pipelines, not {arch!r}")
+        raise ValueError(f"tiny_pipeline builds sd1, sd2, sdxl, flux or sd3 pipelines, not {arch!r}")
     components = tiny_components(arch, seed)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
@@ -134,6 +136,47 @@ def tiny_t5_tokenizer(max_length: int = 512):
     model.decoder = decoders.Metaspace()
     return T5TokenizerFast(tokenizer_object=model, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                            extra_ids=0, model_max_length=max_length)
+
+
+def _tiny_flow_vae(seed: int, latent_channels: int, shift: float, scale: float):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1)
+    return AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=32,
+        shift_factor=shift, scaling_factor=scale, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None):
+    """A complete tiny ``StableDiffusion3Pipeline``: two joint blocks (the last one context-pre-only, as in the real
+    models), CLIP-L- and CLIP-G-shaped encoders with projections, T5, SD3's VAE shift/scale."""
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    t5_tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    ).eval()
+    encoders = [CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=1000, eos_token_id=2, bos_token_id=1,
+                                                           pad_token_id=1, hidden_size=width, projection_dim=16,
+                                                           **_TINY_TEXT)).eval() for width in (8, 16)]
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8)).eval()
+    vae = _tiny_flow_vae(seed, 4, 0.0609, 1.5305)
+    tok_dir = write_tiny_tokenizer(tokenizer_dir or tempfile.mkdtemp(prefix="tiny-tok-"))
+    clip_tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=encoders[0], tokenizer=clip_tokenizer, text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer)
 
 
 def tiny_flux_pipeline(seed: int = 0, tokenizer_dir: str | Path | None = None, guidance: bool = True):
