@@ -41,7 +41,8 @@ def test_kohya_versions_other_tools_write_name_the_right_family():
     assert family_from_kohya_version("sdxl_base_v0-9").name == "sdxl"
     assert family_from_kohya_version("sdxl_some_finetune").name == "sdxl"
     assert family_from_kohya_version("flux1").name == "flux"
-    assert family_from_kohya_version("sd3") is None
+    assert family_from_kohya_version("sd3").name == "sd3"
+    assert family_from_kohya_version("hunyuan_dit") is None
 
 
 def test_text_width_names_the_family_an_adapter_was_made_for():
