@@ -265,10 +265,15 @@ def test_a_flux_lora_diffusers_writes_loads_in_ours_with_its_transformer_output(
     with torch.no_grad():
         torch.testing.assert_close(ours.transformer(**inputs).sample, theirs.transformer(**inputs).sample,
                                    rtol=1e-4, atol=1e-5)
-    with pytest.raises(Exception, match="layout .diffusers. is not written for FLUX.1 LoRAs yet; use the kohya layout"):
-        from lora_diffusion.adapters.file import write_adapter
+    # and back: our diffusers-layout FLUX file is what diffusers loads, with the same output
+    from lora_diffusion.adapters.file import write_adapter
 
-        write_adapter(adapter, tmp_path / "back.safetensors", layout="diffusers")
+    again = write_adapter(adapter, tmp_path / "back.safetensors", dtype="fp32", layout="diffusers")
+    reloaded = load_pipeline(flux_base)
+    reloaded.load_lora_weights(str(again))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.transformer(**inputs).sample, theirs.transformer(**inputs).sample,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_the_generate_tab_offers_flux_samplers_and_defaults_for_a_flux_base(flux_base):

@@ -72,7 +72,7 @@ def test_the_simplest_command_trains_sd3_lowers_the_loss_and_generates(sd3_base,
     err = capsys.readouterr().err
     assert "plan: profile sd3 (profiles/sd3.yaml), 4 images" in err and "targets = attn  (profile sd3)" in err
     adapter = read_adapter(out)
-    assert adapter.architecture() == "sd3" and adapter.rank == 16
+    assert adapter.architecture() == "sd3" and adapter.rank == 16 and adapter.layout == "diffusers"
     # two joint blocks: q/k/v/out and the text stream's add_q/k/v, to_add_out only in the first (the last block is
     # context-pre-only)
     assert len(adapter.modules) == 15
@@ -92,3 +92,23 @@ def test_cached_and_uncached_sd3_runs_match(sd3_base, squares, tmp_path):
     # families' runs match bit for bit)
     assert len(runs[0]) == 4 and runs[0][0] == runs[1][0]
     torch.testing.assert_close(torch.tensor(runs[0]), torch.tensor(runs[1]), rtol=1e-5, atol=0)
+
+
+def test_diffusers_loads_our_sd3_file_with_our_transformer_output(sd3_base, squares, tmp_path):
+    from lora_diffusion.models.loading import load_pipeline
+
+    out = tmp_path / "sd3.safetensors"
+    train(TrainConfig(base=sd3_base, data=squares, output=str(out), steps=6, lr=5e-2, save_dtype="fp32"), progress=False)
+    ours = load_pipeline(sd3_base)
+    components = pipeline_components(ours)
+    set_adapter_weight(components["unet"], load_adapter(out, components), 1.0)
+    theirs = load_pipeline(sd3_base)
+    theirs.load_lora_weights(str(out))
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 4, 16, 16, generator=g), encoder_hidden_states=torch.randn(1, 10, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([500.0]))
+    with torch.no_grad():
+        a, b = ours.transformer(**inputs).sample, theirs.transformer(**inputs).sample
+        base = load_pipeline(sd3_base).transformer(**inputs).sample
+    assert (a - base).abs().max() > 1e-3
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

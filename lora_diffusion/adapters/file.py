@@ -209,12 +209,12 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     metadata.setdefault("format", "pt")
     modules = adapter.modules
     family = get(adapter.architecture())
-    if layout != "kohya" and family.denoiser != "unet":
-        raise UserError(f"layout {layout!r} is not written for {family.label} LoRAs yet; use the kohya layout, which "
-                        "diffusers' load_lora_weights reads too")
-    if family.name == "flux":
+    if layout not in family.file_layouts:
+        raise UserError(f"layout {layout!r} is not written for {family.label} LoRAs yet; use "
+                        f"{' or '.join(family.file_layouts)}")
+    if layout == "kohya" and family.name == "flux":
         modules = to_bfl(modules)  # the BFL layout ComfyUI, Forge and kohya read
-    tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype])
+    tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype], family.denoiser)
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout
     try:

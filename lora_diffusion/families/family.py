@@ -42,6 +42,7 @@ class Family:
     native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
     generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none
     graphable: bool = True  # the trainer's CUDA-graph replay (training/cuda_graphs.py) fits its denoiser's call
+    file_layouts: tuple[str, ...] = ("kohya", "diffusers")  # layouts its LoRA files are written in; the first by default
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

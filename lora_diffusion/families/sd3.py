@@ -45,5 +45,6 @@ FAMILY = Family(
     recognises=_recognises, conditioning=_conditioning, objective=_objective, target_presets=PRESETS,
     checkpoint_recognises=lambda keys: any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys),
     native_resolution=_native_resolution, graphable=False,
+    file_layouts=("diffusers",),  # what diffusers and ComfyUI read; kohya's joint_blocks layout is not written yet
     generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"),
 )

@@ -11,6 +11,7 @@ import torch
 
 from ..adapters.apply import components_architecture, pipeline_components, save_adapter
 from ..errors import UserError
+from ..families import get
 from ..safe_write import atomic_write
 from .adapter_metadata import adapter_metadata
 from .run_setup import ADAPTER
@@ -25,7 +26,8 @@ def save_trained(run, path: Path, steps: int, curve: list[tuple[int, float]] = (
         for role in ("te", "te1", "te2"):
             components.pop(role, None)
     metadata = adapter_metadata(cfg, run.plan, run.data, path, steps, run.clock.started, curve)
-    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata)
+    layout = get(arch).file_layouts[0]  # the family's default: kohya (BFL for FLUX), or diffusers for SD3
+    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata, layout=layout)
 
 
 def save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], None]) -> None:

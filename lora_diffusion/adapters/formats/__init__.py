@@ -35,12 +35,14 @@ def parse(layout: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return diffusers.parse_diffusers_state_dict(tensors, metadata, source, peft_config=peft_config)
 
 
-def serialize(modules: dict[str, ModuleDelta], layout: str, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, extra metadata) for writing ``modules`` in ``layout``."""
+def serialize(modules: dict[str, ModuleDelta], layout: str, dtype: torch.dtype,
+              denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, extra metadata) for writing ``modules`` in ``layout`` (``denoiser``: the pipeline attribute the
+    ``lora_unet_`` modules belong to)."""
     if layout == "kohya":
         return kohya.to_state_dict(modules, {c.kind: c for c in CODECS}, dtype), {}
     if layout == "diffusers":
-        tensors, extra = diffusers.to_diffusers_state_dict(modules)
+        tensors, extra = diffusers.to_diffusers_state_dict(modules, denoiser)
         return {k: v.detach().to("cpu", torch.float32 if k.endswith("lora_magnitude_vector") else dtype).contiguous()
                 for k, v in tensors.items()}, extra
     raise UserError(f"layout {layout!r} is not one of {', '.join(WRITE_LAYOUTS)}")

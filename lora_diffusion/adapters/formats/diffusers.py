@@ -178,6 +178,8 @@ _SEGMENTS = sorted(
         "out_proj", "text_projection", "final_layer_norm", "layer_norm1", "layer_norm2", "conv_norm_out",
         "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "time_proj", "encoder_hid_proj",
         "class_embedding", "token_embedding", "position_embedding",
+        # DiT transformers (FLUX.1, SD3)
+        "single_transformer_blocks", "ff_context", "norm1_context", "proj_mlp",
     },
     key=lambda s: -s.count("_"),
 )
@@ -214,8 +216,9 @@ def _leaf(path: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
-def to_diffusers_state_dict(modules: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) in the current diffusers/PEFT layout, meaning what the kohya modules mean."""
+def to_diffusers_state_dict(modules: dict, denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) in the current diffusers/PEFT layout, meaning what the kohya modules mean; ``denoiser``
+    is the pipeline attribute the ``lora_unet_`` modules belong to (``transformer`` for DiT bases)."""
     tensors: dict[str, torch.Tensor] = {}
     per_component: dict[str, dict[str, tuple[int, float]]] = {}
     alphas: dict[str, float] = {}
@@ -230,7 +233,7 @@ def to_diffusers_state_dict(modules: dict) -> tuple[dict[str, torch.Tensor], dic
             raise UserError(f"module {name} has only a bias delta, which the diffusers layout cannot hold; keep kohya layout")
         if m.diff_b is not None:
             raise UserError(f"module {name} has a bias delta, which diffusers' loader ignores; keep kohya layout")
-        prefix = _WRITE_PREFIX[component]
+        prefix = denoiser if component == "unet" else _WRITE_PREFIX[component]
         tensors[f"{prefix}.{path}.lora_A.weight"] = m.down
         tensors[f"{prefix}.{path}.lora_B.weight"] = m.up
         if m.dora_scale is not None:
