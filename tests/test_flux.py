@@ -140,13 +140,15 @@ def test_a_flux_lora_offered_to_an_sd_base_is_one_line_naming_both(flux_lora, tm
         "this LoRA was made for FLUX.1; the loaded base is the built-in base")
 
 
+@pytest.mark.slow  # three training processes; the quick suite keeps the SD1-shaped twin (test_train.py)
 def test_flux_kill_after_checkpoint_then_resume_is_bit_identical(flux_base, squares, tmp_path):
     assert_kill_and_resume_is_bit_identical(
         ["--base", flux_base, "--data", squares, "--steps", "6", "--batch-size", "2", "--lr", "5e-3", "--seed", "4",
          "--checkpoint-every", "3", "--quiet"], tmp_path)
 
 
-@pytest.mark.parametrize("extra", [{}, {"network": "lokr"}, {"dora": True}])
+@pytest.mark.parametrize("extra", [{}, pytest.param({"network": "lokr"}, marks=pytest.mark.slow),
+                                   pytest.param({"dora": True}, marks=pytest.mark.slow)])
 def test_cached_and_uncached_flux_runs_match_for_lora_lokr_and_dora(flux_base, squares, tmp_path, extra):
     runs = [train(TrainConfig(base=flux_base, data=squares, output=str(tmp_path / f"{cache}.safetensors"), steps=4,
                               batch_size=2, lr=5e-3, cache=cache, **extra), progress=False).losses
@@ -224,6 +226,7 @@ def test_diffusers_loads_our_bfl_file_and_gets_our_transformer_output(flux_base,
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # ... and diffusers reads it as we do
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "nf4"])
 def test_flux_trains_on_a_quantized_base(flux_base, squares, tmp_path, capsys, precision):
     out = tmp_path / "q.safetensors"
