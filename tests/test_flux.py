@@ -286,3 +286,10 @@ def test_the_generate_tab_offers_flux_samplers_and_defaults_for_a_flux_base(flux
     names, sampler, steps, guidance = base_generation_defaults("builtin")
     assert "DPM++ 2M" in names and (sampler, steps, guidance) == ("DPM++ 2M", 20, 5.0)
     assert base_generation_defaults("/no/such/folder/") is None
+
+
+def test_flux_trains_clip_l_on_request_and_leaves_t5_frozen(flux_base, squares, tmp_path):
+    out = tmp_path / "te.safetensors"
+    train(TrainConfig(base=flux_base, data=squares, output=str(out), steps=2, train_text_encoder=True), progress=False)
+    components = read_adapter(out).components
+    assert components == ["te1", "unet"]  # kohya's lora_te1_ (CLIP-L); T5 has no LoRA role
