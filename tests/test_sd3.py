@@ -84,6 +84,7 @@ def test_the_simplest_command_trains_sd3_lowers_the_loss_and_generates(sd3_base,
     assert "Steps: 28, Sampler: Euler, CFG scale: 3.5, Seed: 3, Size: 32x32" in png.info["parameters"]
 
 
+@pytest.mark.slow  # two short training runs; FLUX's quick twin covers the path
 def test_cached_and_uncached_sd3_runs_match(sd3_base, squares, tmp_path):
     runs = [train(TrainConfig(base=sd3_base, data=squares, output=str(tmp_path / f"{cache}.safetensors"), steps=4,
                               batch_size=2, lr=5e-3, cache=cache), progress=False).losses for cache in ("memory", "off")]
