@@ -61,6 +61,56 @@ def tiny_base(tmp_path_factory):
     return str(folder)
 
 
+def saved_tiny_base(tmp_path_factory, arch: str) -> str:
+    """A tiny pipeline of family ``arch`` saved as a folder, usable as --base."""
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp(arch) / "base"
+    tiny_pipeline(arch).save_pretrained(str(folder))
+    return str(folder)
+
+
+def family_fixed_loss(base: str, data: str, adapter=None) -> float:
+    """The training loss of ``data`` on ``base`` under 8 fixed noise draws, with ``adapter`` loaded at weight 1:
+    the base's family gives the conditioning and the objective, as in training (latents from the posterior mean)."""
+    from lora_diffusion import load_adapter, pipeline_components, set_adapter_weight
+    from lora_diffusion.data.dataset import TrainingData
+    from lora_diffusion.data.folder import scan_folder
+    from lora_diffusion.families import family_of
+    from lora_diffusion.models.loading import load_pipeline
+    from lora_diffusion.training.objective import Share
+
+    pipe = load_pipeline(base)
+    if adapter:
+        components = pipeline_components(pipe)
+        set_adapter_weight(components["unet"], load_adapter(str(adapter), components), 1.0)
+    family = family_of(pipe)
+    conditioning, objective = family.conditioning(pipe, base), family.objective(pipe)
+    items = TrainingData(scan_folder(data).examples, 32)
+    vae = pipe.vae.config
+    with torch.no_grad():
+        pixels = torch.stack([items.pixels(i, 0) for i in range(len(items.items))])
+        latents = (pipe.vae.encode(pixels).latent_dist.mean - (vae.shift_factor or 0.0)) * vae.scaling_factor
+        states, added = conditioning.unet_inputs(
+            conditioning.encode([e.caption for e in items.items], torch.device("cpu")), [])
+        denoiser = getattr(pipe, family.denoiser)
+        return sum(objective.loss(denoiser, latents, states, torch.Generator().manual_seed(k), added_cond_kwargs=added,
+                                  min_snr_gamma=0.0, noise_offset=0.0, share=Share(0, len(latents))).item()
+                   for k in range(8))
+
+
+@pytest.fixture(scope="session")
+def squares(tmp_path_factory):
+    """Four 32 px squares of different colours with captions."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("squares")
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 90, 160)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a square {i}")
+    return str(folder)
+
+
 @pytest.fixture
 def sd1():
     from lora_diffusion.models.tiny import tiny_components

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_kill_and_resume_is_bit_identical
+from conftest import assert_kill_and_resume_is_bit_identical, family_fixed_loss, saved_tiny_base
 from lora_diffusion import load_adapter, pipeline_components, read_adapter, set_adapter_weight
 from lora_diffusion.cli.main import main
 from lora_diffusion.families import family_of, family_of_base, family_of_checkpoint
@@ -20,18 +20,7 @@ from lora_diffusion.training.trainer import train
 
 @pytest.fixture(scope="module")
 def flux_base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flux") / "base"
-    tiny_pipeline("flux").save_pretrained(str(folder))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def squares(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flux-data")
-    for i in range(4):
-        Image.new("RGB", (32, 32), (60 * i, 90, 160)).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a square {i}")
-    return str(folder)
+    return saved_tiny_base(tmp_path_factory, "flux")
 
 
 def test_flux_is_recognised_from_a_pipeline_its_folder_and_its_single_file_names(flux_base):
@@ -59,28 +48,6 @@ def test_latents_are_packed_and_conditioned_as_fluxpipeline_does():
     assert torch.equal(ours["states"], states) and torch.equal(ours["pooled"], pooled)
 
 
-def _fixed_loss(base: str, data: str, adapter=None) -> float:
-    """The flow-matching loss of the data under 8 fixed noise draws, with ``adapter`` loaded at weight 1."""
-    from lora_diffusion.data.dataset import TrainingData
-    from lora_diffusion.data.folder import scan_folder
-    from lora_diffusion.families.flux_conditioning import FluxEncoders
-    from lora_diffusion.models.loading import load_pipeline
-
-    pipe = load_pipeline(base)
-    if adapter:
-        components = pipeline_components(pipe)
-        set_adapter_weight(components["unet"], load_adapter(adapter, components), 1.0)
-    items = TrainingData(scan_folder(data).examples, 32)
-    objective = FluxObjective(guidance_embeds=True)
-    with torch.no_grad():
-        pixels = torch.stack([items.pixels(i, 0) for i in range(len(items.items))])
-        latents = (pipe.vae.encode(pixels).latent_dist.mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-        encoded = FluxEncoders(pipe, 512).encode([e.caption for e in items.items], torch.device("cpu"))
-        return sum(objective.loss(pipe.transformer, latents, encoded["states"], torch.Generator().manual_seed(k),
-                                  added_cond_kwargs={"pooled_projections": encoded["pooled"]},
-                                  share=Share(0, len(latents))).item() for k in range(8))
-
-
 @pytest.fixture(scope="module")
 def flux_lora(flux_base, squares, tmp_path_factory):
     """A LoRA trained with the simplest command (the derived plan; steps and lr shortened for a test) and what it
@@ -106,7 +73,7 @@ def test_the_simplest_command_trains_flux_with_a_derived_plan_and_lowers_the_los
     assert len(adapter.modules) == 11
     assert "lora_unet_transformer_blocks_0_attn_add_q_proj" in adapter.modules
     assert "lora_unet_single_transformer_blocks_0_attn_to_v" in adapter.modules
-    before, after = _fixed_loss(flux_base, squares), _fixed_loss(flux_base, squares, str(out))
+    before, after = family_fixed_loss(flux_base, squares), family_fixed_loss(flux_base, squares, str(out))
     assert after < 0.9 * before, (before, after)
 
 

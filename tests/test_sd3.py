@@ -6,30 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import family_fixed_loss, saved_tiny_base
 from lora_diffusion import load_adapter, pipeline_components, read_adapter, set_adapter_weight
 from lora_diffusion.cli.main import main
 from lora_diffusion.families import family_of, family_of_base, family_of_checkpoint
-from lora_diffusion.families.flow_matching import Sd3Objective
-from lora_diffusion.models.tiny import tiny_pipeline
 from lora_diffusion.training.config import TrainConfig
-from lora_diffusion.training.objective import Share
 from lora_diffusion.training.trainer import train
 
 
 @pytest.fixture(scope="module")
 def sd3_base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd3") / "base"
-    tiny_pipeline("sd3").save_pretrained(str(folder))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def squares(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sd3-data")
-    for i in range(4):
-        Image.new("RGB", (32, 32), (60 * i, 90, 160)).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a square {i}")
-    return str(folder)
+    return saved_tiny_base(tmp_path_factory, "sd3")
 
 
 def test_sd3_is_recognised_and_conditioned_as_its_pipeline_does(sd3_base):
@@ -45,26 +32,6 @@ def test_sd3_is_recognised_and_conditioned_as_its_pipeline_does(sd3_base):
     assert torch.equal(ours["states"], states) and torch.equal(ours["pooled"], pooled)
 
 
-def _fixed_loss(base: str, data: str, adapter=None) -> float:
-    from lora_diffusion.data.dataset import TrainingData
-    from lora_diffusion.data.folder import scan_folder
-    from lora_diffusion.families.sd3_conditioning import Sd3Encoders
-    from lora_diffusion.models.loading import load_pipeline
-
-    pipe = load_pipeline(base)
-    if adapter:
-        components = pipeline_components(pipe)
-        set_adapter_weight(components["unet"], load_adapter(adapter, components), 1.0)
-    items = TrainingData(scan_folder(data).examples, 32)
-    with torch.no_grad():
-        pixels = torch.stack([items.pixels(i, 0) for i in range(len(items.items))])
-        latents = (pipe.vae.encode(pixels).latent_dist.mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
-        encoded = Sd3Encoders(pipe).encode([e.caption for e in items.items], torch.device("cpu"))
-        return sum(Sd3Objective().loss(pipe.transformer, latents, encoded["states"], torch.Generator().manual_seed(k),
-                                       added_cond_kwargs={"pooled_projections": encoded["pooled"]},
-                                       share=Share(0, len(latents))).item() for k in range(8))
-
-
 def test_the_simplest_command_trains_sd3_lowers_the_loss_and_generates(sd3_base, squares, tmp_path, capsys):
     out = tmp_path / "sd3.safetensors"
     assert main(["train", "--base", sd3_base, "--data", squares, "--output", str(out), "--steps", "40",
@@ -76,7 +43,7 @@ def test_the_simplest_command_trains_sd3_lowers_the_loss_and_generates(sd3_base,
     # two joint blocks: q/k/v/out and the text stream's add_q/k/v, to_add_out only in the first (the last block is
     # context-pre-only)
     assert len(adapter.modules) == 15
-    before, after = _fixed_loss(sd3_base, squares), _fixed_loss(sd3_base, squares, str(out))
+    before, after = family_fixed_loss(sd3_base, squares), family_fixed_loss(sd3_base, squares, str(out))
     assert after < 0.9 * before, (before, after)
     assert main(["generate", "a square 1", "--base", sd3_base, "--lora", f"{out}:1", "--out", str(tmp_path),
                  "--seed", "3"]) == 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..training.objective import Share
+from ..training.objective import Share, draw_noise
 
 TRAINING_GUIDANCE = 1.0  # kohya and SimpleTuner feed dev a guidance of 1 while training
 
@@ -63,10 +63,7 @@ class FlowMatchObjective:
         """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here)."""
         b = latents.shape[0]
         share = share or Share(0, b)
-        noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
-        if noise_offset:
-            offset = share.randn((b, latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
-            noise = noise + noise_offset * offset
+        noise = draw_noise(latents, share, generator, noise_offset)
         sigma = self.sigmas(b, share, generator, timesteps).to(latents.device, latents.dtype)
         noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
         pred = self.predict(denoiser, noisy, sigma, text_states, added_cond_kwargs or {})

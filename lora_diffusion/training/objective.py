@@ -26,6 +26,16 @@ class Share:
         return full[self.start : self.start + n]
 
 
+def draw_noise(latents: torch.Tensor, share: Share, generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+    """The batch's noise, shaped like ``latents`` (plus a per-channel offset when ``noise_offset``): this
+    process's rows of the global batch's draw."""
+    noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
+    if noise_offset:
+        offset = share.randn((latents.shape[0], latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
+        noise = noise + noise_offset * offset
+    return noise
+
+
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     alpha = alphas_cumprod.to(timesteps.device)[timesteps]
     return alpha / (1 - alpha)
@@ -44,10 +54,7 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
     """
     b = latents.shape[0]
     share = share or Share(0, b)
-    noise = share.randn(tuple(latents.shape), generator).to(latents.device, latents.dtype)
-    if noise_offset:
-        offset = share.randn((b, latents.shape[1], 1, 1), generator).to(latents.device, latents.dtype)
-        noise = noise + noise_offset * offset
+    noise = draw_noise(latents, share, generator, noise_offset)
     low, high = timesteps or (0, scheduler.config.num_train_timesteps)
     timesteps = share.randint(min(high, scheduler.config.num_train_timesteps), b, generator, low=low).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
