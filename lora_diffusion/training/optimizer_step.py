@@ -26,6 +26,7 @@ class OptimizerStep:
 
     def __init__(self, run, feed: BatchFeed):
         self.run, self.feed = run, feed
+        self._layers = None  # the trained LoRA layers, for train_weight_min
 
     def __call__(self, step: int) -> tuple[float, bool]:
         weight = self._train_weight(step)
@@ -46,12 +47,14 @@ class OptimizerStep:
         return weight
 
     def _set_weight(self, weight: float) -> None:
-        from ..lora.inject import lora_layers
         from .run_setup import ADAPTER
 
-        for model in self.run.trained.values():
-            for layer in lora_layers(model).values():
-                layer.set_weight(ADAPTER, weight)
+        if self._layers is None:  # found once: the module tree is walked per run, not per step
+            from ..lora.inject import lora_layers
+
+            self._layers = [layer for model in self.run.trained.values() for layer in lora_layers(model).values()]
+        for layer in self._layers:
+            layer.set_weight(ADAPTER, weight)
 
     def _step(self, step: int) -> tuple[float, bool]:
         run, cfg, accelerator = self.run, self.run.cfg, self.run.accelerator

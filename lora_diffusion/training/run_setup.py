@@ -165,10 +165,11 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     plan = complete_plan(plan, BaseFacts.of_pipeline(pipe), images, device)
     cfg = plan.config
     main = accelerator.is_main_process
+    described = plan.describe(images, device)
     if main and progress:
-        print(plan.describe(images, device), file=sys.stderr)
+        print(described, file=sys.stderr)
     if main and on_plan:
-        on_plan(plan, plan.describe(images, device))
+        on_plan(plan, described)
     if main:
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)

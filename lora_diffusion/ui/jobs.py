@@ -180,9 +180,11 @@ class TrainingJob:
 
     def preview(self, cfg: TrainConfig, uploads: list[str], folder: str) -> str:
         """The plan ``start`` would train with, as printed (uploads are unpacked to count them, then removed)."""
-        target = self.upload_dir / ".preview"
-        if target.exists():
-            shutil.rmtree(target)
+        import tempfile
+
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        # a folder of its own per request: two pages previewing at once never delete each other's files
+        target = Path(tempfile.mkdtemp(prefix=".preview-", dir=self.upload_dir))
         try:
             cfg.data = str(prepare_data(uploads, folder, target))
             cfg.output = str(self.work_dir / "preview.safetensors")  # nothing is written; the plan needs a name
