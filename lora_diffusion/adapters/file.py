@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..safe_write import atomic_write
 from ..families import family_from_kohya_version, family_of_text_width, get
-from .flux_layout import from_bfl, is_bfl, is_flux, to_bfl
+from .flux_layout import from_bfl, is_bfl, is_flux
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
@@ -212,8 +212,8 @@ def write_adapter(adapter: AdapterFile, path: str | os.PathLike, dtype: str = "f
     if layout not in family.file_layouts:
         raise UserError(f"layout {layout!r} is not written for {family.label} LoRAs yet; use "
                         f"{' or '.join(family.file_layouts)}")
-    if layout == "kohya" and family.name == "flux":
-        modules = to_bfl(modules)  # the BFL layout ComfyUI, Forge and kohya read
+    if layout == "kohya":
+        modules = family.kohya_modules(modules)  # FLUX: the BFL layout ComfyUI, Forge and kohya read
     tensors, extra = serialize(modules, layout, SAVE_DTYPES[dtype], family.denoiser)
     metadata.update(extra)
     metadata[META_PREFIX + "format"] = layout

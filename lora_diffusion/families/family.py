@@ -43,6 +43,8 @@ class Family:
     generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none
     graphable: bool = True  # the trainer's CUDA-graph replay (training/cuda_graphs.py) fits its denoiser's call
     file_layouts: tuple[str, ...] = ("kohya", "diffusers")  # layouts its LoRA files are written in; the first by default
+    # its modules as kohya-layout files name them (FLUX: the BFL names with q/k/v fused); default: as they are
+    kohya_modules: Callable[[dict], dict] = dict
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

@@ -39,6 +39,12 @@ def _objective(pipe):
     return FluxObjective(guidance_embeds=bool(pipe.transformer.config.guidance_embeds))
 
 
+def _bfl_modules(modules: dict) -> dict:
+    from ..adapters.flux_layout import to_bfl  # imported late: adapters import the families
+
+    return to_bfl(modules)
+
+
 def _native_resolution(configs: dict) -> int:
     return int(configs.get("vae", {}).get("sample_size", 1024))  # FLUX's VAE config records 1024
 
@@ -49,6 +55,6 @@ FAMILY = Family(
     recognises=_recognises, conditioning=_conditioning, objective=_objective, target_presets=PRESETS,
     checkpoint_recognises=lambda keys: any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks."))
                                            for k in keys),
-    native_resolution=_native_resolution, graphable=False,
+    native_resolution=_native_resolution, graphable=False, kohya_modules=_bfl_modules,
     generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"),
 )
