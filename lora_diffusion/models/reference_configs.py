@@ -54,6 +54,26 @@ CLIP_L = dict(  # SD1.x text encoder; SDXL's first
 OPENCLIP_H = dict(CLIP_L, hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23, hidden_act="gelu", projection_dim=1024)
 OPENCLIP_BIGG = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, hidden_act="gelu", projection_dim=1280)
 
+# FLUX.1 (black-forest-labs' release): the 12 B transformer of dev (schnell: guidance_embeds False), its 16-channel
+# VAE and the T5-XXL v1.1 encoder it reads (also SD3's third encoder)
+FLUX_DEV_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+    use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
+)
+T5_XXL = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+)
+FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                      max_image_seq_len=4096)
+
 ARCHITECTURES = {
     "sd1": {"unet": SD15_UNET, "te": CLIP_L},
     "sd2": {"unet": SD2_UNET, "te": OPENCLIP_H},
