@@ -24,6 +24,7 @@ from ..safe_write import atomic_write
 from ..families import family_from_kohya_version, family_of_text_width, get
 from .flux_layout import from_bfl, is_bfl, is_flux
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
+from .formats.aliases import to_kohya_names
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
 
@@ -129,11 +130,12 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     if not tensors:
         raise _open_error(path, "it holds no tensors")
     _check_values(path, tensors)
+    tensors = to_kohya_names(tensors)
     layout = detect_layout(list(tensors))
     if layout == "kohya":
         modules = parse(layout, tensors, metadata, path)
         if is_bfl(modules):  # FLUX in the BFL/kohya layout: fused modules split into the transformer's own
-            modules = from_bfl(modules)
+            modules = from_bfl(modules, path)
         return _checked(AdapterFile(modules, metadata, "kohya"), path)
     if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
         raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")

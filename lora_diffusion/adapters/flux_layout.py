@@ -6,7 +6,9 @@ MLP input fused), ``…_linear2``, ``…_modulation_lin``.
 Inside, a FLUX adapter is named by diffusers' module paths (``lora_unet_transformer_blocks_0_attn_to_q``), one
 module per Linear. Fusing is exact: the parts' ``down`` matrices stacked, their ``up`` matrices placed block-
 diagonally (each scaled by its own α/r, the fused α = its rank); splitting gives each part the shared ``down`` and
-its rows of ``up``. A part a fused module does not train (rows all zero) is left out when split.
+its rows of ``up``. A part a fused module does not train (rows all zero) is left out when split. A fused module of
+another network type (LoKr, LoHa, a full diff: what LyCORIS writes for FLUX) splits into each part's rows of its ΔW,
+exactly, as full diffs; a bias delta splits by rows too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import re
 
 import torch
 
-from .modules import ModuleDelta, ModuleLora
+from ..errors import UserError
+from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 
 UNET = "lora_unet_"
 MLP_RATIO = 4  # FLUX.1's single blocks: the MLP input is 4 × the hidden width
@@ -52,7 +55,7 @@ def _split_rows(fused: str, out: int, hidden: int) -> list[int]:
     return [hidden, hidden, hidden, out - 3 * hidden]  # linear1: q, k, v, MLP input
 
 
-def from_bfl(modules: dict[str, ModuleDelta]) -> dict[str, ModuleDelta]:
+def from_bfl(modules: dict[str, ModuleDelta], source: object = "LoRA file") -> dict[str, ModuleDelta]:
     """BFL-named modules as diffusers-path modules (fused ones split); other names kept as they are."""
     inverse = {"double_blocks": ("transformer_blocks", DOUBLE), "single_blocks": ("single_transformer_blocks", SINGLE)}
     out: dict[str, ModuleDelta] = {}
@@ -71,12 +74,36 @@ def from_bfl(modules: dict[str, ModuleDelta]) -> dict[str, ModuleDelta]:
         if parts[0][0] is None:
             out[prefix + parts[0][1]] = module
             continue
-        up = module.up.reshape(module.up.shape[0], -1)
-        rows = torch.split(up, _split_rows(leaf, up.shape[0], int(module.down.shape[1])))
-        for (_, sub), part_up in zip(parts, rows):
-            if part_up.numel() and bool(part_up.any()):
-                out[prefix + sub] = _part(module, part_up)
+        for (_, sub), part in zip(parts, _split(name, leaf, module, source)):
+            if part is not None:
+                out[prefix + sub] = part
     return out
+
+
+def _split(name: str, leaf: str, module: ModuleDelta, source: object) -> list[ModuleDelta | None]:
+    """A fused module's parts in row order (None: a part it leaves at zero)."""
+    if module.dora_scale is not None:
+        raise UserError(f"{source}: module {name} is a fused FLUX module with DoRA, which cannot be split into "
+                        "q/k/v exactly; save it with split q/k/v (diffusers layout) instead")
+    if type(module) is ModuleLora and module.mid is None:
+        up = module.up.reshape(module.up.shape[0], -1)
+        rows = _split_rows(leaf, up.shape[0], int(module.down.shape[1]))
+        parts = [_part(module, part_up) if part_up.numel() and bool(part_up.any()) else None
+                 for part_up in torch.split(up, rows)]
+    else:
+        delta = module.checked_delta(name, source) if module.has_weight else None
+        out_features = int(delta.shape[0]) if delta is not None else int(module.diff_b.shape[0])
+        in_features = int(delta.shape[1]) if delta is not None else out_features // (3 + MLP_RATIO)
+        rows = _split_rows(leaf, out_features, in_features)
+        pieces = torch.split(delta, rows) if delta is not None else [None] * len(rows)
+        parts = [None if piece is None or not bool(piece.any()) else
+                 ModuleLycoris(network_kind="full", factors={"diff": piece.contiguous()}) for piece in pieces]
+    if module.diff_b is not None:
+        for i, bias in enumerate(torch.split(module.diff_b, rows)):
+            if bool(bias.any()):
+                parts[i] = parts[i] or ModuleLycoris(network_kind="full")
+                parts[i].diff_b = bias.clone()
+    return parts
 
 
 def _part(fused: ModuleLora, up: torch.Tensor) -> ModuleLora:
