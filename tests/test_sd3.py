@@ -80,3 +80,47 @@ def test_diffusers_loads_our_sd3_file_with_our_transformer_output(sd3_base, squa
         base = load_pipeline(sd3_base).transformer(**inputs).sample
     assert (a - base).abs().max() > 1e-3
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sd3_kohya_layout_fuses_qkv_swaps_the_last_text_adaln_and_reads_back_exactly(sd3_base, squares, tmp_path):
+    """kohya's MMDiT names (``lora_unet_joint_blocks_N_x_block_attn_qkv`` …): written on request, fused q/k/v; the
+    last block's text AdaLN rows stored as (scale, shift), as SD3's original weights are; read back to the same
+    transformer output as the diffusers-layout file."""
+    from safetensors.torch import load_file
+
+    from lora_diffusion.adapters.file import write_adapter
+    from lora_diffusion.models.loading import load_pipeline
+
+    out = tmp_path / "full.safetensors"
+    train(TrainConfig(base=sd3_base, data=squares, output=str(out), steps=4, lr=5e-2, targets="full",
+                      save_dtype="fp32"), progress=False)
+    adapter = read_adapter(out)
+    assert adapter.layout == "diffusers" and adapter.architecture() == "sd3"
+    kohya = write_adapter(adapter, tmp_path / "kohya.safetensors", dtype="fp32", layout="kohya")
+    tensors = load_file(str(kohya))
+    modules = sorted({key.split(".")[0] for key in tensors})
+    assert "lora_unet_joint_blocks_0_x_block_attn_qkv" in modules
+    assert "lora_unet_joint_blocks_0_context_block_attn_qkv" in modules
+    assert not any("to_q" in m or "add_q_proj" in m for m in modules)
+    last = adapter.modules["lora_unet_transformer_blocks_1_norm1_context_linear"]
+    shift, scale = last.up.float().chunk(2)
+    torch.testing.assert_close(tensors["lora_unet_joint_blocks_1_context_block_adaLN_modulation_1.lora_up.weight"],
+                               torch.cat([scale, shift]), rtol=0, atol=0)
+    again = read_adapter(kohya)
+    # the last block's text query feeds no output: never trained, all zero, so not split back out of its qkv
+    assert adapter.modules["lora_unet_transformer_blocks_1_attn_add_q_proj"].up.abs().max() == 0
+    assert again.layout == "kohya" and sorted(again.modules) == sorted(
+        name for name, module in adapter.modules.items() if module.up.abs().max() > 0)
+
+    def output(path):
+        pipe = load_pipeline(sd3_base)
+        components = pipeline_components(pipe)
+        set_adapter_weight(components["unet"], load_adapter(path, components), 1.0)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            return pipe.transformer(hidden_states=torch.randn(1, 4, 16, 16, generator=g),
+                                    encoder_hidden_states=torch.randn(1, 10, 32, generator=g),
+                                    pooled_projections=torch.randn(1, 32, generator=g),
+                                    timestep=torch.tensor([500.0])).sample
+
+    torch.testing.assert_close(output(kohya), output(out), rtol=1e-5, atol=1e-6)

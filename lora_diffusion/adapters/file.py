@@ -22,12 +22,14 @@ from ..errors import UserError
 from ..file_modes import make_like_new_file
 from ..safe_write import atomic_write
 from ..families import family_from_kohya_version, family_of_text_width, get
-from .flux_layout import from_bfl, is_bfl, is_flux
+from .flux_layout import BFL, is_flux
 from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serialize
 from .formats.aliases import to_kohya_names
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
+from .sd3_layout import MMDIT, is_mmdit
 
+ORIGINAL_LAYOUTS = (BFL, MMDIT)  # DiT families whose kohya-layout files use the model's original (fused) names
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 META_PREFIX = "lora_diffusion."
 
@@ -80,6 +82,8 @@ class AdapterFile:
     def architecture_from_shapes(self) -> str:
         if is_flux(self.modules):
             return "flux"
+        if is_mmdit(self.modules):
+            return "sd3"
         has_te2 = any(n.startswith("lora_te2_") for n in self.modules)
         for name, module in self.modules.items():
             if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and module.has_weight:
@@ -134,8 +138,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     layout = detect_layout(list(tensors))
     if layout == "kohya":
         modules = parse(layout, tensors, metadata, path)
-        if is_bfl(modules):  # FLUX in the BFL/kohya layout: fused modules split into the transformer's own
-            modules = from_bfl(modules, path)
+        for original in ORIGINAL_LAYOUTS:  # a DiT in its original names: fused modules split into diffusers' own
+            if original.is_original(modules):
+                modules = original.from_original(modules, path)
         return _checked(AdapterFile(modules, metadata, "kohya"), path)
     if layout == "unknown" and any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in tensors):
         raise _open_error(path, "it is a full model checkpoint, not a LoRA; use it as --base instead")

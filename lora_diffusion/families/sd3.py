@@ -34,6 +34,12 @@ def _objective(pipe):
     return Sd3Objective(shift=float(pipe.scheduler.config.get("shift", 3.0)))
 
 
+def _mmdit_modules(modules: dict) -> dict:
+    from ..adapters.sd3_layout import MMDIT  # imported late: adapters import the families
+
+    return MMDIT.to_original(modules)
+
+
 def _native_resolution(configs: dict) -> int:
     blocks = len(configs.get("vae", {}).get("block_out_channels", (0, 0, 0, 0)))
     return int(configs["transformer"]["sample_size"]) * 2 ** (blocks - 1)
@@ -44,7 +50,7 @@ FAMILY = Family(
     denoiser="transformer", profile="sd3", text_encoders={"te1": "text_encoder", "te2": "text_encoder_2"},
     recognises=_recognises, conditioning=_conditioning, objective=_objective, target_presets=PRESETS,
     checkpoint_recognises=lambda keys: any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys),
-    native_resolution=_native_resolution, graphable=False,
-    file_layouts=("diffusers",),  # what diffusers and ComfyUI read; kohya's joint_blocks layout is not written yet
+    native_resolution=_native_resolution, graphable=False, kohya_modules=_mmdit_modules,
+    file_layouts=("diffusers", "kohya"),  # diffusers' layout by default: diffusers reads no kohya SD3 file
     generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"),
 )
