@@ -136,3 +136,17 @@ def test_a_lycoris_lokr_file_as_simpletuner_saves_it_gives_lycoris_own_output(fl
     assert adapter.networks == ["lokr"] and adapter.architecture() == "flux"
     assert "lora_unet_transformer_blocks_0_attn_to_q" in adapter.modules
     torch.testing.assert_close(_ours(flux_base, path), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, label", [("double_blocks.0.img_attn.qkv.weight", "FLUX.1"),
+                                        ("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "SD3.x")])
+def test_a_dit_single_file_base_is_one_line_pointing_at_its_diffusers_folder(tmp_path, squares, capsys, key, label):
+    from lora_diffusion.cli.main import main
+
+    path = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(2, 2)}, str(path))
+    assert main(["train", "--base", str(path), "--data", squares, "--output", str(tmp_path / "o.safetensors")]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: base {path}: a {label} checkpoint in its original single-file layout, which is not read yet; use the "
+        "diffusers folder of the same model (the official repositories ship one beside the single file: the folder "
+        "with model_index.json)")

@@ -46,7 +46,8 @@ def _single_file_configs(path: Path) -> dict[str, dict] | None:
     from safetensors import SafetensorError, safe_open
 
     from .original_layout import checkpoint_architecture
-    from .single_file import CONFIG_KEY, reference_configs
+    from .reference_configs import ARCHITECTURES
+    from .single_file import CONFIG_KEY, reference_configs, unsupported_checkpoint
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -56,6 +57,8 @@ def _single_file_configs(path: Path) -> dict[str, dict] | None:
     arch = checkpoint_architecture(keys)
     if arch is None:
         return None
+    if arch not in ARCHITECTURES:
+        raise unsupported_checkpoint(path, arch)
     try:
         return json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else reference_configs(arch)
     except json.JSONDecodeError:

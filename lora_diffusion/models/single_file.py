@@ -38,6 +38,16 @@ SD_SCHEDULER = dict(
 )
 
 
+def unsupported_checkpoint(path: Path, arch: str) -> UserError:
+    """The one line for a single file of a family whose checkpoints are not read here (FLUX.1, SD3: their
+    transformer alone, in the model's original names)."""
+    from ..families import get
+
+    return UserError(f"base {path}: a {get(arch).label} checkpoint in its original single-file layout, which is not "
+                     f"read yet; use the diffusers folder of the same model (the official repositories ship one "
+                     f"beside the single file: the folder with model_index.json)")
+
+
 def reference_configs(arch: str) -> dict[str, dict]:
     spec = ARCHITECTURES[arch]
     configs = {"unet": dict(spec["unet"]), "vae": dict(SD_VAE), "scheduler": dict(SD_SCHEDULER)}
@@ -174,6 +184,8 @@ def load_single_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
                 f"base {path}: not a Stable Diffusion single-file checkpoint (no model.diffusion_model.* tensors); "
                 "a LoRA file goes to --lora, a diffusers model is a folder"
             )
+        if arch not in ARCHITECTURES:
+            raise unsupported_checkpoint(path, arch)
         try:
             configs = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else reference_configs(arch)
         except json.JSONDecodeError:
