@@ -260,3 +260,23 @@ def test_flux_trains_clip_l_on_request_and_leaves_t5_frozen(flux_base, squares, 
     train(TrainConfig(base=flux_base, data=squares, output=str(out), steps=2, train_text_encoder=True), progress=False)
     components = read_adapter(out).components
     assert components == ["te1", "unet"]  # kohya's lora_te1_ (CLIP-L); T5 has no LoRA role
+
+
+def test_a_schnell_base_generates_in_4_steps_without_guidance_and_trains_with_256_t5_tokens(tmp_path, squares):
+    """FLUX.1-schnell (no guidance embedding) is told apart by its config: 4 steps, guidance 0 in generate, the
+    UI and the PNG parameters; its training reads 256 T5 tokens and feeds no guidance."""
+    from lora_diffusion.families.flow_matching import FluxObjective
+    from lora_diffusion.models.loading import load_pipeline
+    from lora_diffusion.models.tiny import tiny_flux_pipeline
+    from lora_diffusion.ui.app import base_generation_defaults
+
+    schnell = tmp_path / "schnell"
+    tiny_flux_pipeline(guidance=False).save_pretrained(str(schnell))
+    assert base_generation_defaults(str(schnell)) == (["Euler", "Heun"], "Euler", 4, 0.0)
+    assert main(["generate", "a square 1", "--base", str(schnell), "--out", str(tmp_path / "png"), "--seed", "3"]) == 0
+    png = Image.open(next((tmp_path / "png").glob("*.png")))
+    assert "Steps: 4, Sampler: Euler, CFG scale: 0, Seed: 3" in png.info["parameters"]
+    pipe = load_pipeline(str(schnell))
+    family = family_of(pipe)
+    assert family.conditioning(pipe, str(schnell)).max_length == 256
+    assert family.objective(pipe).guidance is None and isinstance(family.objective(pipe), FluxObjective)

@@ -120,11 +120,9 @@ def _fill_from_png(args: argparse.Namespace) -> None:
 
 def _fill_defaults(args: argparse.Namespace) -> None:
     """Steps, guidance and sampler that neither the command line nor --from-png gave: the base family's."""
-    from ..families import family_of_base
-    from ..generation.defaults import SD_DEFAULTS
+    from ..families import generation_defaults_of_base
 
-    family = family_of_base(args.base)
-    defaults = family.generation if family is not None else SD_DEFAULTS
+    defaults = generation_defaults_of_base(args.base)
     for key, default in (("steps", defaults.steps), ("guidance", defaults.cfg), ("scheduler", defaults.sampler)):
         if getattr(args, key) is None:
             setattr(args, key, default)

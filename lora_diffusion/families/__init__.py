@@ -10,6 +10,7 @@ in ``training/profiles/`` and its tests.
 from __future__ import annotations
 
 from . import builtin, custom, flux, sd1, sd2, sd3, sdxl
+from ..generation.defaults import SD_DEFAULTS, GenerationDefaults
 from .family import Family
 
 # recognisers are asked in this order: the built-in marker before the SD1 width it shares, FLUX's transformer
@@ -61,6 +62,15 @@ def family_of_base(base: str) -> Family | None:
 
     configs = read_base_configs(base)
     return family_of_configs(configs) if configs is not None else None
+
+
+def generation_defaults_of_base(base: str) -> GenerationDefaults:
+    """Steps, guidance and sampler for a base as the user names it, read from its configs (the SD defaults when
+    only loading it can tell)."""
+    from ..models.base_configs import read_base_configs
+
+    configs = read_base_configs(base)
+    return family_of_configs(configs).generation_for(configs) if configs is not None else SD_DEFAULTS
 
 
 def family_of(model) -> Family:

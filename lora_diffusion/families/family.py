@@ -41,10 +41,16 @@ class Family:
     upscale_warning: bool = False  # warn when training above the native size (a base that never saw larger images)
     native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
     generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none
+    # component configs -> the defaults of a variant that generates differently (FLUX.1-schnell), else None
+    generation_variant: Callable[[dict], GenerationDefaults | None] = lambda configs: None
     graphable: bool = True  # the trainer's CUDA-graph replay (training/cuda_graphs.py) fits its denoiser's call
     file_layouts: tuple[str, ...] = ("kohya", "diffusers")  # layouts its LoRA files are written in; the first by default
     # its modules as kohya-layout files name them (FLUX: the BFL names with q/k/v fused); default: as they are
     kohya_modules: Callable[[dict], dict] = dict
+
+    def generation_for(self, configs: dict | None) -> GenerationDefaults:
+        """The generation defaults for a base with these component configs (None: the family's own)."""
+        return (self.generation_variant(configs) if configs else None) or self.generation
 
     def reads_kohya_version(self, version: str) -> bool:
         return version == self.kohya_version or version in self.kohya_aliases

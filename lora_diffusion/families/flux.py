@@ -45,6 +45,14 @@ def _bfl_modules(modules: dict) -> dict:
     return to_bfl(modules)
 
 
+SCHNELL = GenerationDefaults(steps=4, cfg=0.0, sampler="Euler")  # timestep-distilled, no guidance input
+
+
+def _generation_variant(configs: dict) -> GenerationDefaults | None:
+    guided = configs.get("transformer", {}).get("guidance_embeds", True)
+    return None if guided else SCHNELL
+
+
 def _native_resolution(configs: dict) -> int:
     return int(configs.get("vae", {}).get("sample_size", 1024))  # FLUX's VAE config records 1024
 
@@ -56,5 +64,5 @@ FAMILY = Family(
     checkpoint_recognises=lambda keys: any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks."))
                                            for k in keys),
     native_resolution=_native_resolution, graphable=False, kohya_modules=_bfl_modules,
-    generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"),
+    generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"), generation_variant=_generation_variant,
 )

@@ -301,7 +301,7 @@ def base_generation_defaults(base: str) -> tuple[list[str], str, int, float] | N
         return None  # a path typed half-way: the error comes when it is used
     if configs is None:
         return None
-    defaults = family_of_configs(configs).generation
+    defaults = family_of_configs(configs).generation_for(configs)
     names = list(FLOW_SAMPLERS) if is_flow(configs.get("scheduler", {})) else sampler_names()
     return names, defaults.sampler, defaults.steps, defaults.cfg
 
