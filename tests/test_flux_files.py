@@ -138,15 +138,118 @@ def test_a_lycoris_lokr_file_as_simpletuner_saves_it_gives_lycoris_own_output(fl
     torch.testing.assert_close(_ours(flux_base, path), reference, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("key, label", [("double_blocks.0.img_attn.qkv.weight", "FLUX.1"),
-                                        ("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "SD3.x")])
-def test_a_dit_single_file_base_is_one_line_pointing_at_its_diffusers_folder(tmp_path, squares, capsys, key, label):
+def test_a_dit_single_file_base_without_its_folder_is_one_line(tmp_path, squares, capsys):
+    """An SD3 single file is not read yet, and a FLUX.1 transformer file needs the diffusers folder it came in:
+    each says so in one line."""
     from lora_diffusion.cli.main import main
 
-    path = tmp_path / "model.safetensors"
-    save_file({key: torch.zeros(2, 2)}, str(path))
-    assert main(["train", "--base", str(path), "--data", squares, "--output", str(tmp_path / "o.safetensors")]) != 0
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: base {path}: a {label} checkpoint in its original single-file layout, which is not read yet; use the "
-        "diffusers folder of the same model (the official repositories ship one beside the single file: the folder "
-        "with model_index.json)")
+    sd3 = tmp_path / "sd3.5_large.safetensors"
+    save_file({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(2, 2)}, str(sd3))
+    flux = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2)}, str(flux))
+    expected = {
+        sd3: f"error: base {sd3}: a SD3.x checkpoint in its original single-file layout, which is not read yet; use the "
+             "diffusers folder of the same model (the official repositories ship one beside the single file: the "
+             "folder with model_index.json)",
+        flux: f"error: base {flux}: a FLUX.1 transformer on its own; its text encoders, tokenizers and VAE come from "
+              f"the diffusers folder it sits in (model_index.json beside it, as in the official repositories), and "
+              f"{tmp_path} is not one: put the file in the model's diffusers folder, or use the folder as --base",
+    }
+    for path, line in expected.items():
+        assert main(["train", "--base", str(path), "--data", squares, "--output", str(tmp_path / "o.safetensors")]) != 0
+        assert capsys.readouterr().err.strip().splitlines()[-1] == line
+
+
+def _bfl_checkpoint(transformer) -> dict[str, torch.Tensor]:
+    """A diffusers FLUX transformer's weights in BFL names (the inverse of ``flux_checkpoint.to_diffusers``)."""
+    from lora_diffusion.models.flux_checkpoint import BLOCKS, GLOBAL, TENSORS
+
+    state = transformer.state_dict()
+    inverse_tensor = {"weight": ("weight", "scale"), "bias": ("bias",)}
+    out = {}
+    for bfl, ours in GLOBAL.items():
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in state:
+                value = state[f"{ours}.{kind}"]
+                if bfl.startswith("final_layer.ada"):
+                    scale, shift = value.chunk(2)
+                    value = torch.cat([shift, scale])
+                out[f"{bfl}.{kind}"] = value
+    counts = {"transformer_blocks": len(transformer.transformer_blocks),
+              "single_transformer_blocks": len(transformer.single_transformer_blocks)}
+    for bfl_block, (ours, table) in BLOCKS.items():
+        for i in range(counts[ours]):
+            for leaf, targets in table.items():
+                for kind, names in inverse_tensor.items():
+                    keys = [f"{ours}.{i}.{t}.{kind}" for t in targets]
+                    if all(k in state for k in keys):
+                        name = "scale" if leaf.endswith("_norm") else names[0]
+                        out[f"{bfl_block}.{i}.{leaf}.{name}"] = torch.cat([state[k] for k in keys])
+    assert TENSORS["scale"] == "weight"
+    return out
+
+
+def test_our_bfl_conversion_equals_diffusers_converter_at_flux_real_widths():
+    """diffusers' own converter (``convert_flux_transformer_checkpoint_to_diffusers``, which assumes FLUX.1's
+    widths) and ours give the same tensors under the same names: one double and one single block at FLUX.1's
+    real row counts, one column wide (the converters only move rows)."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from lora_diffusion.models.flux_checkpoint import to_diffusers
+
+    rows = {"time_in.in_layer": 3072, "time_in.out_layer": 3072, "vector_in.in_layer": 3072,
+            "vector_in.out_layer": 3072, "guidance_in.in_layer": 3072, "guidance_in.out_layer": 3072,
+            "txt_in": 3072, "img_in": 3072, "final_layer.linear": 64, "final_layer.adaLN_modulation.1": 6144,
+            "double_blocks.0.img_mod.lin": 18432, "double_blocks.0.txt_mod.lin": 18432,
+            "double_blocks.0.img_attn.qkv": 9216, "double_blocks.0.txt_attn.qkv": 9216,
+            "double_blocks.0.img_attn.proj": 3072, "double_blocks.0.txt_attn.proj": 3072,
+            "double_blocks.0.img_mlp.0": 12288, "double_blocks.0.img_mlp.2": 3072,
+            "double_blocks.0.txt_mlp.0": 12288, "double_blocks.0.txt_mlp.2": 3072,
+            "single_blocks.0.modulation.lin": 9216, "single_blocks.0.linear1": 21504, "single_blocks.0.linear2": 3072}
+    g = torch.Generator().manual_seed(0)
+    checkpoint = {}
+    for module, n in rows.items():
+        checkpoint[f"model.diffusion_model.{module}.weight"] = torch.randn(n, 1, generator=g)
+        checkpoint[f"model.diffusion_model.{module}.bias"] = torch.randn(n, generator=g)
+    for norm in ("double_blocks.0.img_attn.norm", "double_blocks.0.txt_attn.norm", "single_blocks.0.norm"):
+        for which in ("query_norm", "key_norm"):
+            checkpoint[f"{norm}.{which}.scale"] = torch.randn(128, generator=g)
+    ours = to_diffusers(dict(checkpoint))
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(checkpoint))
+    # 23 modules with weight and bias, three of them fused (two q/k/v, one q/k/v/MLP: 7 more), and 6 norm scales
+    assert sorted(ours) == sorted(theirs) and len(ours) == 2 * (23 + 7) + 6
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_a_flux_single_file_beside_its_diffusers_folder_is_a_base(flux_base, squares, tmp_path):
+    """``flux1-dev.safetensors`` (BFL names) inside the diffusers folder it came with, as the official repositories
+    ship them: the transformer from the file, the rest from the folder; the same output as the folder's own
+    transformer, recognised as FLUX without loading, and trainable."""
+    import shutil
+
+    from lora_diffusion.cli.main import main
+    from lora_diffusion.families import family_of_base
+
+    folder = tmp_path / "FLUX.1-dev"
+    shutil.copytree(flux_base, folder)
+    reference = load_pipeline(str(folder))
+    single = folder / "flux1-dev.safetensors"
+    save_file({k: v.contiguous() for k, v in _bfl_checkpoint(reference.transformer).items()}, str(single))
+    assert family_of_base(str(single)).name == "flux"
+    pipe = load_pipeline(str(single))
+    with torch.no_grad():
+        # the same weights; split views start mid-buffer, which the CPU's matmul may round differently
+        torch.testing.assert_close(pipe.transformer(**_inputs()).sample, reference.transformer(**_inputs()).sample,
+                                   rtol=1e-5, atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(pipe.transformer.state_dict().values(),
+                                                     reference.transformer.state_dict().values()))
+    out = tmp_path / "single.safetensors"
+    assert main(["train", "--base", str(single), "--data", squares, "--output", str(out), "--steps", "2"]) == 0
+    assert read_adapter(out).architecture() == "flux"
+    lonely = tmp_path / "alone" / "flux1-dev.safetensors"
+    lonely.parent.mkdir()
+    shutil.copy(single, lonely)
+    with pytest.raises(UserError, match="a FLUX.1 transformer on its own; its text encoders, tokenizers and VAE come "
+                                        "from the diffusers folder it sits in"):
+        load_pipeline(str(lonely))

@@ -38,6 +38,10 @@ class Family:
     # preset name (attn, attn-ff, full) -> glob patterns over the denoiser's module paths
     target_presets: Mapping[str, Sequence[str]] = field(default_factory=lambda: UNET_PRESETS)
     checkpoint_recognises: Callable[[frozenset], bool] = lambda keys: False  # a single-file checkpoint's tensor names
+    # a single file of the family's own (not SD's original) layout: (path, dtype) -> pipeline, and path -> configs;
+    # None: read as an SD original-layout checkpoint, or refused
+    single_file_pipeline: Callable[..., object] | None = None
+    single_file_configs: Callable[[object], dict] | None = None
     upscale_warning: bool = False  # warn when training above the native size (a base that never saw larger images)
     native_resolution: Callable[[dict], int] = unet_native_resolution  # component configs -> pixels per side
     generation: GenerationDefaults = SD_DEFAULTS  # steps, CFG and sampler when the user gives none

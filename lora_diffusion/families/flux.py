@@ -53,6 +53,19 @@ def _generation_variant(configs: dict) -> GenerationDefaults | None:
     return None if guided else SCHNELL
 
 
+def _single_file_pipeline(path, dtype):
+    from ..models.flux_checkpoint import load_flux_single_file
+
+    return load_flux_single_file(path, dtype)
+
+
+def _single_file_configs(path) -> dict:
+    from ..models.base_configs import read_base_configs
+    from ..models.flux_checkpoint import components_folder
+
+    return read_base_configs(str(components_folder(path)))
+
+
 def _native_resolution(configs: dict) -> int:
     return int(configs.get("vae", {}).get("sample_size", 1024))  # FLUX's VAE config records 1024
 
@@ -65,4 +78,5 @@ FAMILY = Family(
                                            for k in keys),
     native_resolution=_native_resolution, graphable=False, kohya_modules=_bfl_modules,
     generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"), generation_variant=_generation_variant,
+    single_file_pipeline=_single_file_pipeline, single_file_configs=_single_file_configs,
 )

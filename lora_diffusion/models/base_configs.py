@@ -58,7 +58,12 @@ def _single_file_configs(path: Path) -> dict[str, dict] | None:
     if arch is None:
         return None
     if arch not in ARCHITECTURES:
-        raise unsupported_checkpoint(path, arch)
+        from ..families import get
+
+        reader = get(arch).single_file_configs
+        if reader is None:
+            raise unsupported_checkpoint(path, arch)
+        return reader(path)
     try:
         return json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else reference_configs(arch)
     except json.JSONDecodeError:

@@ -48,6 +48,15 @@ def unsupported_checkpoint(path: Path, arch: str) -> UserError:
                      f"beside the single file: the folder with model_index.json)")
 
 
+def _family_single_file(path: Path, arch: str, dtype: torch.dtype):
+    from ..families import get
+
+    family = get(arch)
+    if family.single_file_pipeline is None or path.parent.name.startswith("lora-diffusion-single-"):
+        raise unsupported_checkpoint(path, arch)  # no reader, or a pickle converted into a temporary folder
+    return family.single_file_pipeline(path, dtype)
+
+
 def reference_configs(arch: str) -> dict[str, dict]:
     spec = ARCHITECTURES[arch]
     configs = {"unet": dict(spec["unet"]), "vae": dict(SD_VAE), "scheduler": dict(SD_SCHEDULER)}
@@ -185,7 +194,7 @@ def load_single_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
                 "a LoRA file goes to --lora, a diffusers model is a folder"
             )
         if arch not in ARCHITECTURES:
-            raise unsupported_checkpoint(path, arch)
+            return _family_single_file(path, arch, dtype)
         try:
             configs = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else reference_configs(arch)
         except json.JSONDecodeError:
