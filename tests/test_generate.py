@@ -273,7 +273,7 @@ def test_unset_generation_flags_take_the_base_family_defaults(tmp_path, monkeypa
 
     # a family with its own defaults (as FLUX.1 will have: 28 steps, guidance 3.5) gives them to an unset flag
     own = dataclasses.replace(families.get("builtin"), generation=GenerationDefaults(28, 3.5, "Euler"))
-    monkeypatch.setattr(families, "family_of_base", lambda base: own if base == "builtin" else None)
+    monkeypatch.setattr(families, "family_of_configs", lambda configs: own)
     args = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=4.0, scheduler=None, base="builtin")
     _fill_defaults(args)
     assert (args.steps, args.guidance, args.scheduler) == (28, 4.0, "Euler")
