@@ -2,7 +2,7 @@
 download) with two LoRAs blended, against diffusers' own ``FluxPipeline`` in bf16 with the same two LoRAs
 (``load_lora_weights`` + ``set_adapters``).
 
-    python benchmarks/generate_flux_gpu.py --loras /tmp/fluxbench/runs/default.safetensors /tmp/fluxbench/runs/nf4-gc.safetensors
+    python benchmarks/generate_flux_gpu.py --loras /tmp/fluxbench/runs-flux/default.safetensors /tmp/fluxbench/runs-flux/nf4-gc.safetensors
 
 1024 px, 28 steps, guidance 3.5, Euler (FLUX's defaults), one image; seconds per image, median and fastest of the
 repeats after a warm-up image. The two pipelines run one after the other (two 12 B pipelines do not both fit an

@@ -1,11 +1,13 @@
-"""GPU benchmark: this project's trainer on a FLUX.1-dev-architecture pipeline (random weights, no download),
-side by side with diffusers' ``examples/dreambooth/train_dreambooth_lora_flux.py`` at the same settings.
+"""GPU benchmark: this project's trainer on a FLUX.1-dev- (or SD3.5-Large-) architecture pipeline (random weights,
+no download), side by side with diffusers' ``examples/dreambooth/train_dreambooth_lora_flux.py`` (``…_sd3.py``) at
+the same settings.
 
-    python benchmarks/train_flux_gpu.py --variants peer default nf4-gc --peer-script .peers/train_dreambooth_lora_flux.py
+    python benchmarks/train_flux_gpu.py --variants peer default nf4-gc
+    python benchmarks/train_flux_gpu.py --family sd3 --variants peer default nf4-gc
 
 Each variant runs in a process of its own (its peak memory its own): 1024 px, rank 16 (alpha 16) on the attention
 projections (the mission's default, given to the peer as ``--lora_layers``), batch 1, bf16, latents and text
-states cached, a constant guidance of 1, one caption for all images. Steady state = median gap between optimizer
+states cached, a constant guidance of 1 (FLUX), one caption for all images. Steady state = median gap between optimizer
 steps after the first three; peak = ``torch.cuda.max_memory_allocated``; first step and file written are seconds
 from the process start (imports, base load, caching and any capture included).
 """
@@ -35,6 +37,10 @@ VARIANTS = {  # this project's settings beyond the shared ones; "derived" leaves
     "nf4-gc": {"batch_size": 1, "gradient_checkpointing": True, "base_precision": "nf4"},
 }
 WARM = 3
+FAMILIES = {  # setup module, the peer's pipeline class, its script, its extra arguments
+    "flux": ("flux_setup", "FluxPipeline", ".peers/train_dreambooth_lora_flux.py", ["--guidance_scale", "1"]),
+    "sd3": ("sd3_setup", "StableDiffusion3Pipeline", ".peers/train_dreambooth_lora_sd3.py", []),
+}
 
 
 def summarise(name: str, stamps: list[float], written: float, peak: float, batch: int, losses=()) -> dict:
@@ -72,15 +78,16 @@ def run_ours(variant: str, base: Path, data: Path, out: Path, steps: int) -> dic
                      batch, losses)
 
 
-def run_peer(script: Path, base: Path, data: Path, out: Path, steps: int) -> dict:
+def run_peer(family: str, base: Path, data: Path, out: Path, steps: int) -> dict:
+    _, pipeline, script, extra = FAMILIES[family]
     result = out / "peer.json"
-    args = [sys.executable, str(HERE / "peer_timing.py"), str(result), "FluxPipeline", str(script),
+    args = [sys.executable, str(HERE / "peer_timing.py"), str(result), pipeline, script,
             "--pretrained_model_name_or_path", str(base), "--instance_data_dir", str(data),
             "--instance_prompt", CAPTION, "--output_dir", str(out / "peer"), "--resolution", "1024",
             "--train_batch_size", "1", "--rank", "16", "--lora_alpha", "16", "--learning_rate", "1e-4",
-            "--mixed_precision", "bf16", "--cache_latents", "--guidance_scale", "1", "--lora_layers", ATTENTION,
+            "--mixed_precision", "bf16", "--cache_latents", "--lora_layers", ATTENTION,
             "--max_train_steps", str(steps), "--checkpointing_steps", "100000", "--seed", "0",
-            "--lr_scheduler", "constant", "--lr_warmup_steps", "0"]
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", *extra]
     started = time.perf_counter()
     subprocess.run(args, check=True)
     r = json.loads(result.read_text())
@@ -93,16 +100,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fluxbench"))
     parser.add_argument("--variants", nargs="+", default=["peer", "default", "nf4-gc"],
                         choices=["peer", *VARIANTS])
-    parser.add_argument("--peer-script", type=Path, default=Path(".peers/train_dreambooth_lora_flux.py"))
+    parser.add_argument("--family", default="flux", choices=list(FAMILIES))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # run one variant of ours in this process, print JSON
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    from flux_setup import prepare
+    import importlib
 
-    base, data = prepare(args.work, args.images)
-    out = args.work / "runs"
+    base, data = importlib.import_module(FAMILIES[args.family][0]).prepare(args.work, args.images)
+    out = args.work / f"runs-{args.family}"
     out.mkdir(parents=True, exist_ok=True)
     if args.one:
         print("RESULT " + json.dumps(run_ours(args.one, base, data, out, args.steps)), flush=True)
@@ -111,9 +118,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for variant in args.variants:
         if variant == "peer":
-            r = run_peer(args.peer_script, base, data, out, args.steps)
+            r = run_peer(args.family, base, data, out, args.steps)
         else:
             proc = subprocess.run([sys.executable, __file__, "--one", variant, "--work", str(args.work),
+                                   "--family", args.family,
                                    "--steps", str(args.steps), "--images", str(args.images)],
                                   capture_output=True, text=True)
             rows = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -74,6 +74,13 @@ T5_XXL = dict(
 FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                       max_image_seq_len=4096)
 
+SD35_LARGE_TRANSFORMER = dict(  # Stability AI's SD3.5 Large MMDiT (8.1 B); its VAE is FLUX's shape, SD3's shift/scale
+    sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
+    joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+    pos_embed_max_size=192, qk_norm="rms_norm",
+)
+SD3_VAE = dict(FLUX_VAE, scaling_factor=1.5305, shift_factor=0.0609)
+
 ARCHITECTURES = {
     "sd1": {"unet": SD15_UNET, "te": CLIP_L},
     "sd2": {"unet": SD2_UNET, "te": OPENCLIP_H},
