@@ -78,8 +78,9 @@ def run_ours(variant: str, base: Path, data: Path, out: Path, steps: int) -> dic
                      batch, losses)
 
 
-def run_peer(family: str, base: Path, data: Path, out: Path, steps: int) -> dict:
+def run_peer(family: str, base: Path, data: Path, out: Path, steps: int, checkpointing: bool) -> dict:
     _, pipeline, script, extra = FAMILIES[family]
+    extra = extra + (["--gradient_checkpointing"] if checkpointing else [])
     result = out / "peer.json"
     args = [sys.executable, str(HERE / "peer_timing.py"), str(result), pipeline, script,
             "--pretrained_model_name_or_path", str(base), "--instance_data_dir", str(data),
@@ -92,14 +93,15 @@ def run_peer(family: str, base: Path, data: Path, out: Path, steps: int) -> dict
     subprocess.run(args, check=True)
     r = json.loads(result.read_text())
     offset = time.perf_counter() - started - r["file_written_s"]  # the child's start, from this process's clock
-    return summarise("peer", [t + offset for t in r["step_times"]], r["file_written_s"] + offset, r["peak_gib"], 1)
+    return summarise("peer-gc" if checkpointing else "peer", [t + offset for t in r["step_times"]],
+                     r["file_written_s"] + offset, r["peak_gib"], 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/fluxbench"))
     parser.add_argument("--variants", nargs="+", default=["peer", "default", "nf4-gc"],
-                        choices=["peer", *VARIANTS])
+                        choices=["peer", "peer-gc", *VARIANTS])
     parser.add_argument("--family", default="flux", choices=list(FAMILIES))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
@@ -117,8 +119,12 @@ def main() -> None:
     print("| variant | batch | img/s (steady) | peak GPU GiB | first step (s) | file written (s) | steps | loss (last 10) |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for variant in args.variants:
-        if variant == "peer":
-            r = run_peer(args.family, base, data, out, args.steps)
+        if variant.startswith("peer"):
+            try:
+                r = run_peer(args.family, base, data, out, args.steps, checkpointing=variant == "peer-gc")
+            except subprocess.CalledProcessError as error:
+                print(f"| {variant} | failed: exit {error.returncode} |", flush=True)
+                continue
         else:
             proc = subprocess.run([sys.executable, __file__, "--one", variant, "--work", str(args.work),
                                    "--family", args.family,
