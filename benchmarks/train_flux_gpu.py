@@ -112,6 +112,11 @@ def main() -> None:
 
     base, data = importlib.import_module(FAMILIES[args.family][0]).prepare(args.work, args.images)
     out = args.work / f"runs-{args.family}"
+    if not args.one:
+        import torch
+
+        print(f"setup {time.perf_counter() - STARTED:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}",
+              flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if args.one:
         print("RESULT " + json.dumps(run_ours(args.one, base, data, out, args.steps)), flush=True)
