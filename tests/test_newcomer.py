@@ -130,3 +130,22 @@ def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings
     assert ("warning: checkpoint-000003 was made with other settings (resolution 32 → 16); the run goes on with "
             "the new ones: pass the old values to continue it exactly") in capsys.readouterr().err
     assert out.is_file()
+
+
+def test_sigterm_keeps_the_finished_steps_as_ctrl_c_does_and_exits_143(tmp_path, tiny_base):
+    """``timeout``, schedulers and container stops send SIGTERM: the run keeps a checkpoint and a partial LoRA of
+    the steps it finished, says where in its last line, and exits 143 (it used to die silently with nothing)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (16, 16), (90 * i, 90, 160)).save(data / f"{i}.png")
+    out = tmp_path / "t.safetensors"
+    args = ["train", "--base", tiny_base, "--data", str(data), "--caption", "a picture", "--output", str(out),
+            "--steps", "6", "--resolution", "16"]
+    cut = subprocess.run([sys.executable, str(Path(__file__).parent / "fault_cli.py"), "sigterm-after-step", "2", *args],
+                         capture_output=True, text=True)
+    assert cut.returncode == 143, cut.stderr
+    last = cut.stderr.replace("\r", "\n").rstrip("\n").split("\n")[-1]
+    assert last == (f"interrupted after step 2 of 6: wrote the partial LoRA {tmp_path / 't-partial-step000002.safetensors'}"
+                    f" and the checkpoint {tmp_path / 't-checkpoints' / 'checkpoint-000002'}; continue with --resume latest")
+    assert (tmp_path / "t-partial-step000002.safetensors").is_file() and not out.exists()

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from .. import __version__
 from ..errors import UserError
 from ..startup import mark_process_start, skip_unused_imports, warm_gpu_in_background
+from .signals import handle_termination, interrupted_exit_code
 from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, grid_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
 
 # each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         print(str(interrupt) or "interrupted", file=sys.stderr)
-        return 130
+        return interrupted_exit_code()
     except Exception as error:  # noqa: BLE001 - the contract is one line, never a traceback
         if args.debug:
             raise
@@ -102,6 +103,7 @@ def entry_point() -> None:
     """The console script: a real process, so its start-up levers may act on the whole interpreter."""
     # in-process callers (tests, notebooks) go through main() and keep their interpreter as it is
     mark_process_start()
+    handle_termination()
     skip_unused_imports()
     if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) in GPU_COMMANDS:
         warm_gpu_in_background()
