@@ -288,3 +288,21 @@ def test_from_png_without_a_prompt_says_so(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
     assert main(["generate", "--from-png", str(tmp_path / "p.png"), "--out", str(tmp_path / "o")]) == 2
     assert "its parameters hold no prompt; give one" in capsys.readouterr().err
+
+
+def test_the_same_lora_twice_adds_its_weights_and_is_recorded_once(tiny_base, two_loras, tmp_path, capsys):
+    """``--lora a:1 --lora a:1`` (or the same file under another name) is ``a`` at weight 2, as A1111 reads two tags
+    of one LoRA: the image equals ``--lora a:2`` and its parameters hold one ``<lora:a:2>`` tag."""
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "again.safetensors"
+    shutil.copy(two_loras[0], copy)
+    common = ["a red circle", "--base", tiny_base, "--seed", "11", "--steps", "3", "--width", "32", "--height", "32"]
+    assert main(["generate", *common, "--lora", f"{two_loras[0]}:1", "--lora", f"{copy}:1:0.5",
+                 "--out", str(tmp_path / "twice")]) == 0
+    assert main(["generate", *common, "--lora", f"{two_loras[0]}:2:1.5", "--out", str(tmp_path / "once")]) == 0
+    twice, once = capsys.readouterr().out.split()
+    assert np.array_equal(np.asarray(Image.open(twice)), np.asarray(Image.open(once)))
+    assert Image.open(twice).info["parameters"].splitlines()[0] == "a red circle <lora:l0:2>"

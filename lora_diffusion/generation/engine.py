@@ -164,18 +164,19 @@ class GenerationEngine:
         pipe = self.pipeline(base)
         components = pipeline_components(pipe)
         loaded = self._adapters[base_key(base)]
-        active: list[tuple[str, LoraChoice]] = []
+        merged: dict[str, LoraChoice] = {}  # content hash -> the choices of that file, weights added
         for choice in choices:
             if not Path(choice.path).is_file():
                 raise UserError(f"LoRA file not found: {choice.path}; check the --lora path")
             content = self._content(choice.path)
+            merged[content] = _added(merged[content], choice) if content in merged else choice
             if content not in loaded:
                 name = f"lora_{content[:16]}"
                 apply_adapter(read_adapter(choice.path), components, name, weight=0.0, source=f"file {choice.path}")
                 loaded[content] = _Loaded(name, choice.path)
             loaded[content].path = choice.path
             loaded.move_to_end(content)
-            active.append((loaded[content].name, choice))
+        active = [(loaded[content].name, choice) for content, choice in merged.items()]
         self._evict(components, loaded, {name for name, _ in active})
         chosen = {name: choice for name, choice in active}
         for role, model in components.items():
@@ -236,6 +237,17 @@ class GenerationEngine:
             )
             out.append((image, params))
         return out
+
+
+def _added(first: LoraChoice, second: LoraChoice) -> LoraChoice:
+    """One choice for the same file given twice: the weights add up (as two A1111 tags of one LoRA do), so the
+    image and the one tag its parameters record agree."""
+    if first.text_weight is None and second.text_weight is None:
+        text = None
+    else:
+        text = (first.weight if first.text_weight is None else first.text_weight) + (
+            second.weight if second.text_weight is None else second.text_weight)
+    return LoraChoice(first.path, first.weight + second.weight, text)
 
 
 def next_index(folder: Path) -> int:
