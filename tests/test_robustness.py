@@ -267,15 +267,18 @@ def test_seeded_fuzz_folder_trains_and_counts_every_bad_file(tmp_path, tiny_base
     scan = scan_folder(data)
     # no caption from any source: skipped at scan time, each with its reason
     assert sum("no caption" in why for _, why in scan.skipped) == kinds["no-caption"] + kinds["empty-caption"]
-    # every remaining file is opened once: broken ones are skipped with a reason, the rest become RGB samples
+    # broken files are named at scan time too, from their headers, before any model loads (not as "no caption")
+    broken = kinds["truncated"] + kinds["zero"] + kinds["random-bytes"] + kinds["text-as-jpg"] + kinds["bomb"]
+    unusable = [why for _, why in scan.skipped if "no caption" not in why]
+    assert len(unusable) == broken
+    reasons = " | ".join(unusable)
+    assert "decompression bomb" in reasons or "too large" in reasons
+    assert "not a readable image" in reasons
+    # every remaining file opens: each becomes an RGB sample
     dataset = TrainingData(scan.examples, 32, skipped=scan.skipped)
     for index in range(len(dataset.items)):
         assert dataset.pixels(index, 0).shape == (3, 32, 32)
-    broken = kinds["truncated"] + kinds["zero"] + kinds["random-bytes"] + kinds["text-as-jpg"] + kinds["bomb"]
-    assert len(dataset.bad) == broken
-    reasons = " | ".join(dataset.bad.values())
-    assert "decompression bomb" in reasons or "too large" in reasons
-    assert "not a readable image" in reasons
+    assert dataset.bad == {}
     # and a short training run on the whole mess finishes, recording the count in the adapter
     out = tmp_path / "fuzz.safetensors"
     assert main(["train", "--data", str(data), "--output", str(out), "--base", tiny_base, "--steps", "4",
@@ -287,19 +290,40 @@ def test_seeded_fuzz_folder_trains_and_counts_every_bad_file(tmp_path, tiny_base
     assert summary["skipped"] >= kinds["no-caption"] + kinds["empty-caption"]
 
 
-def test_large_folder_is_scanned_without_decoding_any_image(tmp_path, monkeypatch):
-    import PIL.Image
+def test_large_folder_is_scanned_from_headers_without_decoding_any_pixels(tmp_path, monkeypatch):
+    import PIL.ImageFile
 
     from lora_diffusion.data.folder import scan_folder
 
     png = _png_bytes(random.Random(0))
     for i in range(10_000):
         (tmp_path / f"{i:05d}.png").write_bytes(png)
-    opened = []
-    real_open = PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    decoded = []
+    real_load = PIL.ImageFile.ImageFile.load
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
     scan = scan_folder(tmp_path, caption="x")
-    assert len(scan.examples) == 10_000 and opened == []
+    assert len(scan.examples) == 10_000 and decoded == []
+
+
+def test_broken_images_are_named_before_the_base_loads(tmp_path, capsys, monkeypatch):
+    """A non-image named .png and a JPEG cut short are reported for what they are, before any model loads."""
+    import io
+
+    import lora_diffusion.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the base loaded"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.png").write_text("shopping list")
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    (data / "cut.jpg").write_bytes(jpeg.getvalue()[:-2000])
+    (data / "cut.txt").write_text("a red square")
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "o.safetensors"), "--caption", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: skipping {data / 'cut.jpg'}: a JPEG cut short (no end-of-image marker; a partial download?)" in err
+    assert f"warning: skipping {data / 'notes.png'}: not a readable image (no image format PIL knows in its header)" in err
+    assert err.strip().splitlines()[-1].startswith("error: no usable images in the data folder (")
 
 
 def test_empty_and_all_bad_folders_stop_with_a_clear_message(tmp_path, tiny_base, capsys):
@@ -314,7 +338,7 @@ def test_empty_and_all_bad_folders_stop_with_a_clear_message(tmp_path, tiny_base
     assert main(["train", "--data", str(bad), "--output", str(tmp_path / "o.safetensors"), "--base", tiny_base,
                  "--caption", "x", "--steps", "2", "--resolution", "32"]) == 2
     err = capsys.readouterr().err
-    assert "no usable images left: every image in the data folder failed to open" in err
+    assert f"no usable images in the data folder ({bad / '0.png'}: not a readable image" in err
     assert not (tmp_path / "o.safetensors").exists()
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, header_problem
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
@@ -72,7 +72,8 @@ def scan_folder(root: str | Path, caption: str = "", trigger_word: str = "", cap
 
     Caption sources, first found wins: ``metadata.jsonl``/``.csv`` in the image's
     folder or an ancestor, a same-name caption file, then ``caption``. The trigger
-    word is put in front. Images with no caption from any source are skipped.
+    word is put in front. Images with no caption from any source, and files that are not usable images (checked
+    from their headers, before any model loads), are skipped.
     """
     given, root = str(root), Path(root)
     if not root.is_dir():
@@ -82,6 +83,10 @@ def scan_folder(root: str | Path, caption: str = "", trigger_word: str = "", cap
     metadata_cache: dict[Path, dict[str, str] | None] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if path.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        problem = header_problem(path)  # before captions: a broken file is named as that, not as "no caption"
+        if problem:
+            skipped.append((str(path), problem))
             continue
         text = None
         for folder in [path.parent, *path.parent.parents]:
