@@ -25,31 +25,33 @@ for _noisy in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.t
                "transformers.utils.import_utils"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
-from .adapters.apply import (  # noqa: E402
-    apply_adapter,
-    extract_adapter,
-    load_adapter,
-    pipeline_components,
-    save_adapter,
-)
-from .adapters.file import AdapterFile, ModuleLora, ModuleLycoris, read_adapter, write_adapter  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .lora.config import LoraConfig  # noqa: E402
-from .lora.inject import (  # noqa: E402
-    adapter_names,
-    blend_adapters,
-    delete_adapter,
-    inject_adapter,
-    lora_layers,
-    lora_parameters,
-    merge_adapters,
-    parameter_report,
-    remove_lora,
-    set_adapter_enabled,
-    set_adapter_weight,
-    unmerge_adapters,
-)
-from .lora.layers import LoraConv2d, LoraLayer, LoraLinear  # noqa: E402
+
+# The public API, imported on first use (PEP 562): `lora-diffusion --help`, a typo and the file checks answer
+# without loading torch (seconds on a busy machine); `from lora_diffusion import read_adapter` works as always.
+_API = {
+    "apply_adapter": "adapters.apply", "extract_adapter": "adapters.apply", "load_adapter": "adapters.apply",
+    "pipeline_components": "adapters.apply", "save_adapter": "adapters.apply",
+    "AdapterFile": "adapters.file", "ModuleLora": "adapters.file", "ModuleLycoris": "adapters.file",
+    "read_adapter": "adapters.file", "write_adapter": "adapters.file",
+    "LoraConfig": "lora.config",
+    "adapter_names": "lora.inject", "blend_adapters": "lora.inject", "delete_adapter": "lora.inject",
+    "inject_adapter": "lora.inject", "lora_layers": "lora.inject", "lora_parameters": "lora.inject",
+    "merge_adapters": "lora.inject", "parameter_report": "lora.inject", "remove_lora": "lora.inject",
+    "set_adapter_enabled": "lora.inject", "set_adapter_weight": "lora.inject", "unmerge_adapters": "lora.inject",
+    "LoraConv2d": "lora.layers", "LoraLayer": "lora.layers", "LoraLinear": "lora.layers",
+}
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'lora_diffusion' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AdapterFile",

@@ -27,6 +27,7 @@ from .formats import METADATA_KEY, WRITE_LAYOUTS, detect_layout, parse, serializ
 from .formats.aliases import to_kohya_names
 from .modules import ModuleDelta, ModuleLora, ModuleLycoris
 from .naming import component_of
+from .paths import checked_adapter_path
 from .sd3_layout import MMDIT, is_mmdit
 
 ORIGINAL_LAYOUTS = (BFL, MMDIT)  # DiT families whose kohya-layout files use the model's original (fused) names
@@ -117,14 +118,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
 
     Only safetensors are read; anything else is refused before a byte is parsed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"LoRA file not found: {path}; check the path")
-    if path.suffix.lower() != ".safetensors":
-        raise UserError(
-            f"LoRA file {path} is not a .safetensors file; only safetensors adapters are loaded "
-            "(convert pickle files with a trusted tool first)"
-        )
+    path = checked_adapter_path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..adapters.file import read_adapter
-from ..adapters.summary import describe
+from ..adapters.paths import checked_adapter_path
 from ..printable import safe_text
 
 
@@ -24,7 +22,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.file)
+    path = checked_adapter_path(args.file)  # a wrong path is answered before torch loads
+    from ..adapters.file import read_adapter
+    from ..adapters.summary import describe
+
     info = describe(read_adapter(path), path)
     if args.json:
         print(json.dumps(info, ensure_ascii=True))
