@@ -246,7 +246,7 @@ def test_grid_has_a_cell_per_weight_and_seed_and_the_zero_row_is_the_base(tiny_b
 def test_an_explicit_flag_equal_to_the_default_wins_over_from_png(tmp_path):
     import argparse
 
-    from lora_diffusion.cli.generate_cmd import _fill_defaults, _fill_from_png
+    from lora_diffusion.cli.generate_cmd import fill_generation_defaults, _fill_from_png
     from lora_diffusion.generation.params import GenerationParams, save_png
     from PIL import Image
 
@@ -255,10 +255,10 @@ def test_an_explicit_flag_equal_to_the_default_wins_over_from_png(tmp_path):
     given = argparse.Namespace(from_png=str(png), prompt=None, negative_prompt="", seed=None, width=None, height=None,
                                steps=20, guidance=None, scheduler="DPM++ 2M", base="builtin")  # --steps 20 --scheduler "DPM++ 2M"
     _fill_from_png(given)
-    _fill_defaults(given)
+    fill_generation_defaults(given)
     assert (given.steps, given.guidance, given.scheduler) == (20, 7.5, "DPM++ 2M")
     bare = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=None, scheduler=None, base="builtin")
-    _fill_defaults(bare)
+    fill_generation_defaults(bare)
     assert (bare.steps, bare.guidance, bare.scheduler) == (20, 5.0, "DPM++ 2M")
 
 
@@ -268,14 +268,14 @@ def test_unset_generation_flags_take_the_base_family_defaults(tmp_path, monkeypa
     import dataclasses
 
     import lora_diffusion.families as families
-    from lora_diffusion.cli.generate_cmd import _fill_defaults
+    from lora_diffusion.cli.generate_cmd import fill_generation_defaults
     from lora_diffusion.generation.defaults import GenerationDefaults
 
     # a family with its own defaults (as FLUX.1 will have: 28 steps, guidance 3.5) gives them to an unset flag
     own = dataclasses.replace(families.get("builtin"), generation=GenerationDefaults(28, 3.5, "Euler"))
     monkeypatch.setattr(families, "family_of_configs", lambda configs: own)
     args = argparse.Namespace(prompt="x", from_png=None, steps=None, guidance=4.0, scheduler=None, base="builtin")
-    _fill_defaults(args)
+    fill_generation_defaults(args)
     assert (args.steps, args.guidance, args.scheduler) == (28, 4.0, "Euler")
 
 

@@ -161,3 +161,18 @@ def test_help_typos_and_file_checks_answer_without_importing_torch(argv):
              "print('LOADED', sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "LOADED []", done.stdout + done.stderr
+
+
+def test_every_flag_of_every_command_has_a_help_text_and_ui_shows_its_defaults():
+    import argparse
+
+    from lora_diffusion.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[-1]}" for name, sub in commands.items() for action in sub._actions
+              if action.option_strings and action.help in (None, "")]
+    assert silent == []
+    ui_help = commands["ui"].format_help()
+    assert "(default: 127.0.0.1)" in ui_help and "(default: 7860)" in ui_help and "(default: loras)" in ui_help
+    assert "(default: quickstart-output)" in commands["quickstart"].format_help()

@@ -14,7 +14,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--base", required=True, help="the base model (builtin, folder, single file, hub id)")
     parser.add_argument("--tuned", required=True, help="the fine-tuned model of the same architecture")
-    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--rank", type=int, required=True,
+                        help="rank of the extracted LoRA (the difference's best rank-r approximation per layer)")
     parser.add_argument("--out", required=True, help="output .safetensors")
     parser.add_argument("--targets", default="full", help="UNet modules: attn, attn-ff or full (default)")
     parser.add_argument("--text-targets", default="attn-mlp", help="text-encoder modules: attn or attn-mlp (default)")

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = generation_dtype(args.dtype, device)
     if args.from_png:
         _fill_from_png(args)
-    _fill_defaults(args)
+    fill_generation_defaults(args)
     if args.prompt is None:
         args.parser.error("the following arguments are required: PROMPT")  # as when it was positional-only
     if not args.prompt.strip():
@@ -118,8 +118,9 @@ def _fill_from_png(args: argparse.Namespace) -> None:
             setattr(args, key, value)
 
 
-def _fill_defaults(args: argparse.Namespace) -> None:
-    """Steps, guidance and sampler that neither the command line nor --from-png gave: the base family's."""
+def fill_generation_defaults(args: argparse.Namespace) -> None:
+    """Steps, guidance and sampler that neither the command line nor --from-png gave: the base family's (``generate``
+    and ``grid`` alike)."""
     from ..families import generation_defaults_of_base
 
     defaults = generation_defaults_of_base(args.base)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..generation.defaults import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS
+from ..generation.schedulers import sampler_names
 from .formatting import ShowDefaults
 
 
@@ -28,12 +29,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora2", default=None, metavar="FILE", help="columns: a second LoRA at --weights2")
     parser.add_argument("--weights2", default="0,0.5,1", help="column weights of --lora2")
     parser.add_argument("--base", default="builtin", help="builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
-    parser.add_argument("--negative-prompt", default="", metavar="TEXT")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_CFG)
+    parser.add_argument("--negative-prompt", default="", metavar="TEXT", help="what every cell should not show")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"denoising steps (default: the base family's; {DEFAULT_STEPS} for SD)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"classifier-free guidance scale (CFG) (default: the base family's; {DEFAULT_CFG} for SD)")
     parser.add_argument("--width", type=int, default=None, help="cell width (default: the base's native size)")
     parser.add_argument("--height", type=int, default=None, help="cell height (default: the base's native size)")
-    parser.add_argument("--scheduler", default=DEFAULT_SAMPLER)
+    parser.add_argument("--scheduler", default=None,
+                        help=f"sampler: {', '.join(sampler_names())} (default: the base family's; {DEFAULT_SAMPLER} for SD)")
     parser.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA GPUs, fp32 on the CPU), fp16, bf16 or fp32")
     parser.add_argument("--out", default="grid.png", help="the grid PNG to write")
     parser.set_defaults(run=run)
@@ -48,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from ..generation.precision import generation_dtype
     from ..writable import writable_file
 
+    from .generate_cmd import fill_generation_defaults
+
+    fill_generation_defaults(args)
     lora = LoraChoice.parse(args.lora)
     for path, flag in ((lora.path, "--lora"), (args.lora2, "--lora2")):
         if path and not Path(path).is_file():

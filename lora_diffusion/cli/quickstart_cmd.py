@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from .formatting import ShowDefaults
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "quickstart",
         help="train a style LoRA on the bundled example with the built-in base, then compare (offline, CPU)",
         description="Train a sepia style LoRA on examples/styles/sepia and write a comparison grid to --out.",
+        formatter_class=ShowDefaults,
     )
     parser.add_argument("--out", default="quickstart-output", help="folder for the adapter, logs and the comparison grid")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"), help="training config")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from .formatting import ShowDefaults
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -10,9 +11,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "ui",
         help="start the web UI (generate with LoRA sliders, train from uploads, manage the LoRA library)",
         description="Start the web UI and print its URL. Local only (127.0.0.1) unless --host says otherwise.",
+        formatter_class=ShowDefaults,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--lora-dir", default="loras", help="folder of the LoRA library (created if missing)")
     parser.add_argument("--base", default="builtin", help="default base model: builtin, a diffusers folder, a .safetensors checkpoint, or a hub id")
     parser.add_argument("--models-dir", default=None, help="folder whose diffusers folders and .safetensors checkpoints are offered as bases")
