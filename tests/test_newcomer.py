@@ -1,5 +1,6 @@
 """What a new user sees on common mistakes: one line naming the real mistake, before any model loads."""
 
+import json
 import os
 import stat
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lora_diffusion import read_adapter
 from lora_diffusion.cli.main import main
 
 
@@ -127,9 +129,17 @@ def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings
     assert "error" not in cut.stderr
     capsys.readouterr()
     assert main(common[3:] + ["--resolution", "16", "--resume", "latest"]) == 0  # in this process: no start-up
+    printed = capsys.readouterr()
     assert ("warning: checkpoint-000003 was made with other settings (resolution 32 → 16); the run goes on with "
-            "the new ones: pass the old values to continue it exactly") in capsys.readouterr().err
+            "the new ones: pass the old values to continue it exactly") in printed.err
     assert out.is_file()
+    # the bookkeeping of a resumed run: what this run did, the whole loss curve, what was cleaned and what is kept
+    assert f"wrote {out} after 6 steps (3 in this run, resumed at step 3) in " in printed.out
+    assert "removed 1 partial LoRA(s) of the interrupted run(s): s-partial-step000003.safetensors" in printed.out
+    assert not (tmp_path / "s-partial-step000003.safetensors").exists()
+    assert f"checkpoints kept in {tmp_path / 's-checkpoints'} (" in printed.out
+    curve = json.loads(read_adapter(out).metadata["lora_diffusion.loss_curve"])
+    assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
 
 
 def test_sigterm_keeps_the_finished_steps_as_ctrl_c_does_and_exits_143(tmp_path, tiny_base):

@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(config, progress=not args.quiet)
     if not PartialState().is_main_process:
         return 0
-    print(f"wrote {result.output} after {result.steps} steps in {result.seconds:.0f} s"
+    resumed = (f" ({result.steps - result.start_step} in this run, resumed at step {result.start_step})"
+               if result.start_step else "")
+    print(f"wrote {result.output} after {result.steps} steps{resumed} in {result.seconds:.0f} s"
           + (f" (first step {result.first_step_s:.1f} s after start)" if result.first_step_s is not None else "")
           + (f", peak GPU memory {result.peak_gib:.2f} GiB" if result.peak_gib is not None else "")
           + (f" ({len(result.skipped)} files skipped)" if result.skipped else "")
@@ -66,5 +68,12 @@ def run(args: argparse.Namespace) -> int:
         for _, why in result.skipped:
             reasons[why] = reasons.get(why, 0) + 1
         print("skipped files: " + "; ".join(f"{n}x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    if result.removed_partials:
+        print(f"removed {len(result.removed_partials)} partial LoRA(s) of the interrupted run(s): "
+              + ", ".join(p.name for p in result.removed_partials))
+    if result.checkpoints is not None:
+        size = sum(f.stat().st_size for f in result.checkpoints.rglob("*") if f.is_file())
+        print(f"checkpoints kept in {result.checkpoints} ({size / 1e6:.1f} MB): continue this run with more steps "
+              "through --resume latest, or delete the folder")
     sys.stdout.flush()
     return 0

@@ -2,7 +2,8 @@
 
 ``checkpoint-000300/`` holds ``lora.safetensors`` (the adapter weights in fp32),
 ``optimizer.pt`` (optimizer and LR-scheduler state, our own file, read back with
-``torch.load(weights_only=True)``) and ``trainer.json`` (step and settings).
+``torch.load(weights_only=True)``) and ``trainer.json`` (step, settings and the loss curve so far, which a
+resumed run's adapter file continues).
 Data order and noise are functions of (seed, step), so no RNG state is needed.
 """
 
@@ -31,7 +32,8 @@ def lora_state(models: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_scheduler, settings: dict, keep: int) -> Path:
+def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_scheduler, settings: dict, keep: int,
+                    curve: list | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:06d}"
     try:
@@ -40,7 +42,8 @@ def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_schedul
             save_file(lora_state(models), str(tmp / "lora.safetensors"))
             make_like_new_file(tmp / "lora.safetensors")
             torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
-            (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings}, indent=2))
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings,
+                                                          "loss_curve": [list(p) for p in curve or []]}, indent=2))
     except OSError as error:
         raise UserError(
             f"could not write checkpoint {final} ({error.strerror or error}); earlier checkpoints are unchanged. "
@@ -88,3 +91,9 @@ def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     optimizer.load_state_dict(extra["optimizer"])
     lr_scheduler.load_state_dict(extra["lr_scheduler"])
     return int(json.loads((path / "trainer.json").read_text())["step"])
+
+
+def checkpoint_curve(path: Path) -> list[tuple[int, float]]:
+    """The (step, loss) curve up to the checkpoint (empty for checkpoints written before curves were kept)."""
+    points = json.loads((path / "trainer.json").read_text()).get("loss_curve") or []
+    return [(int(step), float(loss)) for step, loss in points]

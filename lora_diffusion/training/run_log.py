@@ -84,10 +84,12 @@ class RunLog:
                     self.note(advice)
 
     def curve(self) -> list[tuple[int, float]]:
-        """(step, loss) of this process's steps, thinned to what an adapter's metadata keeps."""
+        """(step, loss) of the whole run — a resumed run's earlier steps from its checkpoint, then this process's —
+        thinned to what an adapter's metadata keeps."""
         from .curves import thin
 
-        return thin([(self.start_step + 1 + i, round(float(v), 6)) for i, v in enumerate(self.losses)])
+        own = [(self.start_step + 1 + i, round(float(v), 6)) for i, v in enumerate(self.losses)]
+        return thin(list(self.run.prior_curve) + own)
 
     def first_step_s(self) -> float | None:
         return None if self.first_step_done is None else self.first_step_done - self.clock.job_t0

@@ -22,7 +22,7 @@ from ..models.base_precision import QUANTIZED, check_quantization_available, qua
 from ..models.loading import load_pipeline
 from ..startup import job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
-from .checkpoint import changed_settings, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import changed_settings, checkpoint_curve, find_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
 from .cuda_graphs import GraphedUNet
@@ -106,14 +106,15 @@ class RunState:
     clock: Clock
     images: int
     start_step: int = 0
+    prior_curve: list = field(default_factory=list)  # (step, loss) before a resume, from its checkpoint
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def save_checkpoint(self, step: int) -> Path:
+    def save_checkpoint(self, step: int, curve: list | None = None) -> Path:
         return save_checkpoint(self.paths.checkpoints, step, self.trained, self.optimizer, self.lr_scheduler,
-                               to_dict(self.cfg), self.cfg.checkpoints_to_keep)
+                               to_dict(self.cfg), self.cfg.checkpoints_to_keep, curve)
 
     def train_mode(self) -> None:
         self.denoiser.prepared.train()
@@ -335,6 +336,7 @@ def _resume(run: RunState) -> int:
             print(f"no checkpoint in {run.paths.checkpoints} yet; starting from step 0", file=sys.stderr)
         return 0
     start_step = load_checkpoint(found, run.trained, run.optimizer, run.lr_scheduler)
+    run.prior_curve = [point for point in checkpoint_curve(found) if point[0] <= start_step]
     if run.main:
         print(f"resumed from {found} at step {start_step}", file=sys.stderr)
         changes = changed_settings(found, to_dict(cfg))

@@ -8,6 +8,7 @@ step), ``batch_feed`` (what each step trains on), ``optimizer_step`` (one step a
 
 from __future__ import annotations
 
+import glob
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class TrainResult:
     skipped_steps: int = 0  # updates skipped for a NaN/inf loss or gradient (nan_policy: skip)
     peak_gib: float | None = None  # peak GPU memory allocated by this process (CUDA only)
     first_step_s: float | None = None  # from the start (of the process, under the CLI) to the first step done
+    start_step: int = 0  # the step a resumed run continued from (0: a fresh run)
+    removed_partials: list = field(default_factory=list)  # partial LoRAs of interrupted runs, obsolete once finished
+    checkpoints: Path | None = None  # the checkpoint folder, when checkpoints remain after the run
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], None] | None = None,
@@ -64,7 +68,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
                 continue
             log.step_done(step, loss, run.lr_scheduler.get_last_lr()[0])
             stop = callbacks.stop_requested()
-            _periodic_outputs(run, step, stop, callbacks)
+            _periodic_outputs(run, step, stop, callbacks, log.curve)
             if stop:
                 break
             callbacks.step_finished(step)
@@ -82,17 +86,33 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
             validation_grid(run, run.paths.logs / "samples" / "final.png")
     log.close()
     peak = torch.cuda.max_memory_allocated() / 2**30 if run.accelerator.device.type == "cuda" else None
+    removed = _remove_partials(run.paths.output) if run.main and completed == cfg.steps else []
+    checkpoints = run.paths.checkpoints if any(run.paths.checkpoints.glob("checkpoint-*")) else None
     return TrainResult(run.paths.output, completed, log.losses, _seconds(run), run.data.skipped, nan_policy.skipped,
-                       peak, log.first_step_s())
+                       peak, log.first_step_s(), run.start_step, removed, checkpoints)
 
 
-def _periodic_outputs(run: RunState, step: int, stop: bool, callbacks: TrainCallbacks) -> None:
+def _remove_partials(output: Path) -> list[Path]:
+    """The partial LoRAs earlier interruptions of this run left beside its output: the finished file replaces
+    them (its checkpoints stay, to continue the run with more steps)."""
+    removed = []
+    for partial in sorted(output.parent.glob(f"{glob.escape(output.stem)}-partial-step*.safetensors")):
+        try:
+            partial.unlink()
+            removed.append(partial)
+        except OSError:
+            pass  # kept: it was only a convenience copy
+    return removed
+
+
+def _periodic_outputs(run: RunState, step: int, stop: bool, callbacks: TrainCallbacks,
+                      curve: Callable[[], list]) -> None:
     """The checkpoint, the adapter file and the validation grid that are due after ``step``."""
     cfg = run.cfg
     if not run.main:
         return
     if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or stop) and step < cfg.steps:
-        run.save_checkpoint(step)
+        run.save_checkpoint(step, curve())
         callbacks.checkpoint_written(step)
     if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
         output = run.paths.output
@@ -105,7 +125,7 @@ def _save_interrupted(run: RunState, completed: int, curve: list[tuple[int, floa
     """Ctrl-C: the finished steps are kept as a checkpoint and a partial LoRA, and the user is told how to go on."""
     if not run.main or completed == run.start_step:
         raise Interrupted("interrupted before any step finished; nothing was saved") from None
-    where = run.save_checkpoint(completed)
+    where = run.save_checkpoint(completed, curve)
     output = run.paths.output
     partial = output.with_name(f"{output.stem}-partial-step{completed:06d}.safetensors")
     save_trained(run, partial, completed, curve)
