@@ -1,0 +1,63 @@
+"""One-line set-up: the torch build this machine can use (only when no torch is installed), then lora-diffusion.
+
+    python3 install.py [EXTRAS]      e.g. python3 install.py test   (extras of pyproject.toml, comma-separated)
+    python3 install.py --dry-run     print what it would run
+
+A torch that is already installed is kept, whatever its build. Without one: an NVIDIA driver (``nvidia-smi``
+answers) gets PyPI's default torch, the CUDA build; ROCm (``rocminfo`` answers) the ROCm build from PyTorch's
+index; anything else the CPU build from PyTorch's CPU index (about 200 MB, where PyPI's default on Linux is the
+3 GB CUDA build). Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+ROCM_INDEX = "https://download.pytorch.org/whl/rocm6.4"
+
+
+def _answers(tool: str) -> bool:
+    if shutil.which(tool) is None:
+        return False
+    try:
+        return subprocess.run([tool], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def torch_command(python: str, has_torch: bool, nvidia: bool, rocm: bool) -> tuple[list[str] | None, str]:
+    """(the pip command that installs torch, or None to keep the installed one; the reason, for the user)."""
+    if has_torch:
+        return None, "torch is installed: kept as it is"
+    pip = [python, "-m", "pip", "install", "torch"]
+    if nvidia:
+        return pip, "NVIDIA driver found: PyPI's torch (CUDA build)"
+    if rocm:
+        return pip + ["--index-url", ROCM_INDEX], "ROCm found: PyTorch's ROCm build"
+    return pip + ["--index-url", CPU_INDEX], "no GPU driver found: PyTorch's CPU build (about 200 MB)"
+
+
+def main(argv: list[str]) -> int:
+    dry = "--dry-run" in argv
+    extras = ",".join(a for a in argv if not a.startswith("-"))
+    has_torch = importlib.util.find_spec("torch") is not None
+    command, why = torch_command(sys.executable, has_torch, _answers("nvidia-smi"), _answers("rocminfo"))
+    package = str(HERE) + (f"[{extras}]" if extras else "")
+    steps = ([command] if command else []) + [[sys.executable, "-m", "pip", "install", "-e", package]]
+    print(f"install.py: {why}", flush=True)
+    for step in steps:
+        print("install.py: " + " ".join(step), flush=True)
+        if not dry and subprocess.run(step).returncode != 0:
+            print(f"install.py: failed: {' '.join(step)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
