@@ -280,3 +280,42 @@ def test_a_schnell_base_generates_in_4_steps_without_guidance_and_trains_with_25
     family = family_of(pipe)
     assert family.conditioning(pipe, str(schnell)).max_length == 256
     assert family.objective(pipe).guidance is None and isinstance(family.objective(pipe), FluxObjective)
+
+
+def test_timestep_sampling_options_draw_as_the_field_does():
+    """``--timestep-sampling``: flux-shift is FluxPipeline's own shift (diffusers' ``calculate_shift`` and the
+    scheduler's ``time_shift`` are the oracle), shift is kohya's ``discrete_flow_shift`` formula, uniform is
+    uniform; ``--train-guidance`` reaches dev's guidance input."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    share = Share(0, 4096)
+
+    def draw(sampling, tokens=4096, shift=3.0):
+        objective = FluxObjective(guidance_embeds=True)
+        objective.configure(sampling, shift, 3.5)
+        assert objective.guidance == 3.5
+        return objective.sigmas(4096, share, torch.Generator().manual_seed(0), None, tokens)
+
+    u = torch.sigmoid(torch.randn(4096, generator=torch.Generator().manual_seed(0)))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    for tokens in (256, 1024, 4096):
+        expected = scheduler.time_shift(calculate_shift(tokens), 1.0, u)
+        torch.testing.assert_close(draw("flux-shift", tokens), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(draw("shift", shift=3.0), 3.0 * u / (1 + 2.0 * u))
+    torch.testing.assert_close(draw("sigmoid"), u)
+    torch.testing.assert_close(draw("logit-normal"), u)
+    uniform = draw("uniform")
+    assert 0 <= float(uniform.min()) and float(uniform.max()) <= 1 and abs(float(uniform.mean()) - 0.5) < 0.02
+    auto = FluxObjective(guidance_embeds=True)
+    auto.configure("auto", 3.0, 1.0)
+    assert (auto.sampling, auto.shift, auto.guidance) == ("sigmoid", 1.0, 1.0)  # FLUX's own, as before
+
+
+def test_flow_settings_on_a_ddpm_base_are_one_line(tiny_base, squares, tmp_path, capsys):
+    assert main(["train", "--base", tiny_base, "--data", squares, "--output", str(tmp_path / "x.safetensors"),
+                 "--steps", "1", "--timestep-sampling", "flux-shift"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --timestep-sampling, --discrete-flow-shift and --train-guidance apply to rectified-flow bases "
+        "(FLUX.1, SD3); this base trains with DDPM noise: use --min-timestep/--max-timestep or --min-snr-gamma "
+        "instead")

@@ -2,14 +2,18 @@
 
 ``FlowMatchObjective`` holds the math; ``FluxObjective`` and ``Sd3Objective`` say how each transformer is called.
 
-σ is drawn logit-normal (a sigmoid of a standard normal: the middle noise levels, where the image is decided,
-most often — SimpleTuner's and ai-toolkit's default) and then shifted toward noise by ``shift`` (kohya's
-``discrete_flow_shift``; 1 leaves it). A run's ``--min-timestep``/``--max-timestep`` (out of 1000) bound σ.
+σ is drawn by ``--timestep-sampling``: ``sigmoid``/``logit-normal`` (a sigmoid of a standard normal: the middle noise
+levels, where the image is decided, most often — SimpleTuner's and ai-toolkit's default, FLUX's here), ``shift``
+(that, shifted toward noise by kohya's ``discrete_flow_shift``: SD3's default, 3), ``uniform``, or ``flux-shift``
+(FLUX's resolution-dependent shift: μ grows linearly with the packed token count from 0.5 at 256 tokens to 1.15 at
+4096, as FluxPipeline samples). A run's ``--min-timestep``/``--max-timestep`` (out of 1000) bound σ.
 FLUX's latents go in as 2×2 patches with their (row, column) position ids, and a guidance-distilled base (dev)
 gets a constant guidance value, as at generation.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +21,8 @@ import torch.nn.functional as F
 from ..training.objective import Share, draw_noise
 
 TRAINING_GUIDANCE = 1.0  # kohya and SimpleTuner feed dev a guidance of 1 while training
+# FluxPipeline's resolution-dependent shift: μ linear in the image's token count between these points
+FLUX_SHIFT = (256, 0.5, 4096, 1.15)
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -44,12 +50,28 @@ def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
 class FlowMatchObjective:
     """Rectified flow on latents; a subclass calls its transformer (``predict``)."""
 
-    def __init__(self, shift: float = 1.0):
-        self.shift = shift
+    def __init__(self, shift: float = 1.0, sampling: str = "sigmoid"):
+        self.shift, self.sampling = shift, sampling
 
-    def sigmas(self, n: int, share: Share, generator: torch.Generator, window: tuple[int, int] | None) -> torch.Tensor:
-        u = torch.sigmoid(share.randn((n,), generator))
-        sigma = self.shift * u / (1 + (self.shift - 1) * u)
+    def configure(self, timestep_sampling: str, discrete_flow_shift: float, train_guidance: float) -> None:
+        """A run's ``--timestep-sampling`` (``auto`` keeps the family's), shift and training guidance."""
+        if timestep_sampling != "auto":
+            self.sampling = timestep_sampling
+            self.shift = discrete_flow_shift if timestep_sampling == "shift" else 1.0
+
+    def sigmas(self, n: int, share: Share, generator: torch.Generator, window: tuple[int, int] | None,
+               tokens: int = 4096) -> torch.Tensor:
+        """σ of ``n`` examples whose latents are ``tokens`` 2×2 patches, within ``window`` (out of 1000)."""
+        if self.sampling == "uniform":
+            u = share.rand((n,), generator)
+        else:
+            u = torch.sigmoid(share.randn((n,), generator))
+        if self.sampling == "flux-shift":
+            low_tokens, low_mu, high_tokens, high_mu = FLUX_SHIFT
+            mu = low_mu + (high_mu - low_mu) * (tokens - low_tokens) / (high_tokens - low_tokens)
+            sigma = math.exp(mu) / (math.exp(mu) + (1 / u.clamp_min(1e-6) - 1))
+        else:
+            sigma = self.shift * u / (1 + (self.shift - 1) * u)
         low, high = window or (0, 1000)
         return low / 1000 + (high - low) / 1000 * sigma
 
@@ -64,7 +86,8 @@ class FlowMatchObjective:
         b = latents.shape[0]
         share = share or Share(0, b)
         noise = draw_noise(latents, share, generator, noise_offset)
-        sigma = self.sigmas(b, share, generator, timesteps).to(latents.device, latents.dtype)
+        tokens = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+        sigma = self.sigmas(b, share, generator, timesteps, tokens).to(latents.device, latents.dtype)
         noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
         pred = self.predict(denoiser, noisy, sigma, text_states, added_cond_kwargs or {})
         target = noise - latents
@@ -75,8 +98,13 @@ class FluxObjective(FlowMatchObjective):
     """FLUX.1: 2×2-packed tokens with position ids, σ as the timestep, dev's guidance embedding fed 1."""
 
     def __init__(self, guidance_embeds: bool, shift: float = 1.0):
-        super().__init__(shift)
+        super().__init__(shift, "sigmoid")
         self.guidance = TRAINING_GUIDANCE if guidance_embeds else None
+
+    def configure(self, timestep_sampling: str, discrete_flow_shift: float, train_guidance: float) -> None:
+        super().configure(timestep_sampling, discrete_flow_shift, train_guidance)
+        if self.guidance is not None:
+            self.guidance = train_guidance
 
     def predict(self, denoiser, noisy, sigma, text_states, added):
         b, _, h, w = noisy.shape
@@ -95,7 +123,7 @@ class Sd3Objective(FlowMatchObjective):
     shifted toward noise by 3 (SD3's own scheduler shift, kohya's default ``discrete_flow_shift``)."""
 
     def __init__(self, shift: float = 3.0):
-        super().__init__(shift)
+        super().__init__(shift, "shift")
 
     def predict(self, denoiser, noisy, sigma, text_states, added):
         return denoiser(hidden_states=noisy, encoder_hidden_states=text_states,

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "offload_encoders": ("auto", "on", "off"),
     "nan_policy": ("skip", "stop"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+    "timestep_sampling": ("auto", "uniform", "sigmoid", "logit-normal", "shift", "flux-shift"),
 }
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
     min_timestep: int = field(default=0, metadata={"help": "train on noise levels from this timestep (kohya's --min_timestep)"})
     train_weight_min: float = field(default=1.0, metadata={"help": "each step trains the LoRA at a weight drawn from [this, 1] (1: always at full weight); below 1, weights under 1 learn to show the style too"})
+    timestep_sampling: str = field(default="auto", metadata={"help": "rectified-flow bases (FLUX.1, SD3): how noise levels are drawn: auto (the family's: sigmoid for FLUX, shift for SD3), uniform, sigmoid or logit-normal (a sigmoid of a normal draw: the middle levels most), shift (sigmoid, then shifted toward noise by --discrete-flow-shift), flux-shift (FLUX's resolution-dependent shift, as its pipeline samples)"})
+    discrete_flow_shift: float = field(default=3.0, metadata={"help": "the shift of --timestep-sampling shift (kohya's --discrete_flow_shift)"})
+    train_guidance: float = field(default=1.0, metadata={"help": "the guidance FLUX.1-dev is fed while training (1: kohya's and SimpleTuner's; diffusers' script uses 3.5); bases without a guidance input ignore it"})
     max_timestep: int = field(default=1000, metadata={"help": "train on noise levels below this timestep (kohya's --max_timestep; 1000: all)"})
     cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: none; Ctrl-C still saves one)"})
@@ -135,6 +139,8 @@ class TrainConfig:
         if not 0 <= self.min_timestep < self.max_timestep <= 1000:
             raise UserError(f"timesteps {self.min_timestep}..{self.max_timestep}: need 0 <= --min-timestep < "
                             "--max-timestep <= 1000 (the SD schedulers' 1000 training timesteps)")
+        if self.discrete_flow_shift <= 0:
+            raise UserError(f"config key 'discrete_flow_shift' must be positive, got {self.discrete_flow_shift!r}")
         if self.network != "lora" and self.lora_dropout:
             raise UserError("config key 'lora_dropout' works with --network lora only (LoHa/LoKr build their weight "
                             "change whole); drop --lora-dropout or use --network lora")

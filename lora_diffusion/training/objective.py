@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class Share:
@@ -19,6 +21,10 @@ class Share:
 
     def randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         full = torch.randn((self.total, *shape[1:]), generator=generator, device=generator.device)
+        return full[self.start : self.start + shape[0]]
+
+    def rand(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        full = torch.rand((self.total, *shape[1:]), generator=generator, device=generator.device)
         return full[self.start : self.start + shape[0]]
 
     def randint(self, high: int, n: int, generator: torch.Generator, low: int = 0) -> torch.Tensor:
@@ -83,6 +89,13 @@ class DdpmObjective:
         from diffusers import DDPMScheduler
 
         self.scheduler = DDPMScheduler.from_config(scheduler_config)
+
+    def configure(self, timestep_sampling: str, discrete_flow_shift: float, train_guidance: float) -> None:
+        """The rectified-flow settings have no meaning here: set away from their defaults, one line says so."""
+        if timestep_sampling != "auto" or discrete_flow_shift != 3.0 or train_guidance != 1.0:
+            raise UserError("--timestep-sampling, --discrete-flow-shift and --train-guidance apply to rectified-flow "
+                            "bases (FLUX.1, SD3); this base trains with DDPM noise: use --min-timestep/--max-timestep "
+                            "or --min-snr-gamma instead")
 
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share,

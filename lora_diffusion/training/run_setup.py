@@ -177,6 +177,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     model = getattr(pipe, family.denoiser)
     text_encoders = conditioning.encoders  # kohya role -> network: {"te"} or SDXL's {"te1", "te2"}
     objective = family.objective(pipe)
+    objective.configure(cfg.timestep_sampling, cfg.discrete_flow_shift, cfg.train_guidance)
     _place_frozen(model, pipe.vae, text_encoders, accelerator.device, weight_dtype)
     clock.mark("encoders to the device")
 
