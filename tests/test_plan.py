@@ -215,3 +215,39 @@ def test_every_shipped_config_is_valid_and_sdxl_gpu_keeps_sdxl_settings(name):
         plan = derive_plan(cfg, BaseFacts("sdxl", 1024), 40, H100).config
         assert (plan.resolution, plan.bucketing, plan.batch_size, plan.cuda_graphs, plan.train_text_encoder) == (
             1024, True, 4, True, False)
+
+
+def test_cpu_threads_follow_the_cores_other_programs_leave_free(monkeypatch):
+    """A loaded machine trains 10-20x slower with a thread per core than with a thread per free core: the plan
+    reads the load average, says so, and a run that finds the machine busier later says why it is slow."""
+    import os
+
+    from lora_diffusion.training.plan import DeviceFacts, busy_machine_note, cpu_threads, free_cores
+
+    assert free_cores(cores=2, load=0.1) == (2, 2, 0.1)
+    assert free_cores(cores=2, load=1.6) == (1, 2, 1.6)
+    assert free_cores(cores=8, load=30.0) == (1, 8, 30.0)  # never none
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
+    cpu = DeviceFacts("cpu")
+    assert cpu_threads(cpu) == (2, "4 cores, load average 2.2: 2 free")
+    assert busy_machine_note(1.5, cpu, threads=2) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 1.0, 0.5))
+    assert busy_machine_note(1.5, cpu, threads=2) == (
+        "note: the machine got busier since the start (load average 3.9 on 4 cores): other programs now share the "
+        "2 core(s) this run uses, so steps (1.50 s) are slower than on an idle machine; --cpu-threads 1 suits the "
+        "load now")
+
+
+def test_the_printed_plan_names_the_thread_count_it_chose(monkeypatch):
+    import os
+
+    from lora_diffusion.training.config import TrainConfig
+    from lora_diffusion.training.plan import DeviceFacts, plan_device
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 0.5))
+    plan = plan_device(TrainConfig(data="d", output="o.safetensors"), DeviceFacts("cpu"))
+    assert plan.config.cpu_threads == 1
+    assert plan.reasons["cpu_threads"] == "2 cores, load average 1.4: 1 free"
+    assert plan_device(TrainConfig(data="d", output="o.safetensors", cpu_threads=2), DeviceFacts("cpu")).config.cpu_threads == 2

@@ -8,6 +8,7 @@ prediction type), how many images there are, and the device — plus a profile p
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -155,7 +156,44 @@ def plan_device(config: TrainConfig, device: DeviceFacts) -> Plan:
                             "base is stored in the training dtype; give one of them, or the same value to both")
         plan.put("mixed_precision", cfg.base_precision, f"--base-precision {cfg.base_precision}")
     plan.put("mixed_precision", *default_precision(device))
+    plan.put("cpu_threads", *cpu_threads(device))
     return plan
+
+
+def free_cores(cores: int | None = None, load: float | None = None) -> tuple[int, int, float]:
+    """(cores other programs leave free, cores, 1-minute load average): this run has not started computing, so
+    the load is theirs. At least one."""
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # Windows has no load average
+            load = 0.0
+    return max(1, cores - min(cores - 1, int(round(load)))), cores, load
+
+
+def cpu_threads(device: DeviceFacts) -> tuple[int, str]:
+    """(torch threads, why). On the CPU: one per free core — threads that compete with other programs for a
+    core make every step wait for the slowest (10-20× slower measured on a loaded 2-core machine). On a GPU the
+    CPU only feeds it: torch's default."""
+    import torch
+
+    if device.kind != "cpu":
+        return torch.get_num_threads(), "torch's default; the GPU does the work"
+    free, cores, load = free_cores()
+    return free, f"{cores} cores, load average {load:.1f}: {free} free"
+
+
+def busy_machine_note(seconds_per_step: float, device: DeviceFacts, threads: int) -> str | None:
+    """Why a CPU run may be slower than it should, when the machine got busier after the plan chose its threads."""
+    if device.kind != "cpu":
+        return None
+    free, cores, load = free_cores()
+    if free >= threads:
+        return None
+    return (f"note: the machine got busier since the start (load average {load:.1f} on {cores} cores): other "
+            f"programs now share the {threads} core(s) this run uses, so steps ({seconds_per_step:.2f} s) are slower "
+            f"than on an idle machine; --cpu-threads {free} suits the load now")
 
 
 def complete_plan(plan: Plan, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..startup import describe_startup
 from .cuda_graphs import GraphedUNet
-from .plan import format_duration, long_cpu_run_advice
+from .plan import busy_machine_note, format_duration, long_cpu_run_advice
 
 UNTIMED_STEPS = 3  # warm-up steps left out of the duration estimate
 
@@ -79,9 +79,10 @@ class RunLog:
                     self.note(f"estimate: {format_duration(step_seconds * (self.cfg.steps - step))} to go "
                               f"({step_seconds:.2f} s/step over steps {self.timed_from[0] + 1}-{step}; "
                               f"first step {format_duration(self.first_step_done - self.clock.job_t0)} after start)")
-                advice = long_cpu_run_advice(self.cfg, step_seconds, self.run.device)
-                if advice:
-                    self.note(advice)
+                for advice in (long_cpu_run_advice(self.cfg, step_seconds, self.run.device),
+                               busy_machine_note(step_seconds, self.run.device, self.cfg.cpu_threads)):
+                    if advice:
+                        self.note(advice)
 
     def curve(self) -> list[tuple[int, float]]:
         """(step, loss) of the whole run — a resumed run's earlier steps from its checkpoint, then this process's —

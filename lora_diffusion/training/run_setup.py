@@ -150,6 +150,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     wait_for_gpu_warmup()
     device = DeviceFacts.detect()
     plan = plan_device(cfg, device)
+    torch.set_num_threads(plan.config.cpu_threads)
     precision = plan.config.mixed_precision
     # bf16 runs the frozen base in bf16 with no autocast (fp32 adapter weights, cast per LoRA layer):
     # autocast would run every GroupNorm in fp32 and keep fp32 activations, +15-25% memory on SDXL.
