@@ -186,3 +186,21 @@ def test_every_flag_of_every_command_has_a_help_text_and_ui_shows_its_defaults()
     ui_help = commands["ui"].format_help()
     assert "(default: 127.0.0.1)" in ui_help and "(default: 7860)" in ui_help and "(default: loras)" in ui_help
     assert "(default: quickstart-output)" in commands["quickstart"].format_help()
+
+
+def test_the_quickstart_comparison_shows_a_progress_bar_per_weight(capsys):
+    """The quickstart's generation phase (10 s to 2 min per weight on a CPU) shows its progress, one bar per row."""
+    import torch as _torch
+
+    from lora_diffusion import LoraConfig, inject_adapter
+    from lora_diffusion.cli.quickstart_cmd import comparison_rows
+    from lora_diffusion.models.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("sd1")
+    pipe.set_progress_bar_config(disable=True)
+    inject_adapter(pipe.unet, "x", LoraConfig(rank=2))
+    with _torch.no_grad():
+        drawn = comparison_rows(pipe, pipe.unet, "x", ["a red circle", "a blue square"], (0.0, 1.0), 32)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert sorted(drawn) == [0.0, 1.0] and len(drawn[1.0]) == 2
+    assert "weight 0.0: 100%" in err and "weight 1.0: 100%" in err and "20/20" in err
