@@ -204,3 +204,24 @@ def test_the_quickstart_comparison_shows_a_progress_bar_per_weight(capsys):
     err = capsys.readouterr().err.replace("\r", "\n")
     assert sorted(drawn) == [0.0, 1.0] and len(drawn[1.0]) == 2
     assert "weight 0.0: 100%" in err and "weight 1.0: 100%" in err and "20/20" in err
+
+
+def test_a_lora_trained_without_a_trigger_word_names_the_words_its_captions_share(tmp_path, tiny_base):
+    """Every caption ends in "in mystyle": the file says so (``lora_diffusion.trigger_words`` and kohya's
+    ``ss_tag_frequency``), and the Library shows it as the trigger word."""
+    from lora_diffusion.ui.library import trigger_words
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, scene in enumerate(["a red circle on white", "a blue square on black", "two green bars"]):
+        Image.new("RGB", (16, 16), (80 * i, 90, 160)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"{scene} in mystyle")
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--base", tiny_base, "--data", str(data), "--output", str(out), "--steps", "1",
+                 "--resolution", "16"]) == 0
+    metadata = read_adapter(out).metadata
+    assert json.loads(metadata["lora_diffusion.trigger_words"]) == ["mystyle"]
+    assert json.loads(metadata["ss_tag_frequency"]) == {"data": {"a blue square on black in mystyle": 1,
+                                                                 "a red circle on white in mystyle": 1,
+                                                                 "two green bars in mystyle": 1}}
+    assert trigger_words({"metadata": metadata}) == ["mystyle"]

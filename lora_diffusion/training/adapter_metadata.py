@@ -45,8 +45,42 @@ def adapter_metadata(cfg: TrainConfig, plan, data, path: Path, steps: int, start
         "ss_network_train_unet_only": str(not cfg.train_text_encoder),
         "lora_diffusion.trainer": f"lora-diffusion {__version__}",
     }
-    if cfg.trigger_word:
-        metadata["lora_diffusion.trigger_words"] = [cfg.trigger_word]
+    captions = list({example.path: example.caption for example in data.items}.values())  # each image once
+    metadata["ss_tag_frequency"] = {Path(cfg.data).name or "data": tag_frequency(captions)}
+    triggers = [cfg.trigger_word] if cfg.trigger_word else shared_words(captions)
+    if triggers:
+        metadata["lora_diffusion.trigger_words"] = triggers
     if curve:  # the Library shows it beside the LoRA, wherever the file goes
         metadata["lora_diffusion.loss_curve"] = [list(point) for point in curve]
     return metadata
+
+
+# words that say nothing about a LoRA even when every caption has them
+_STOPWORDS = frozenset("a an the in on of at to with and or by for from as is are this that its it".split())
+MAX_TAGS = 1000
+
+
+def tag_frequency(captions: list[str]) -> dict[str, int]:
+    """kohya's ``ss_tag_frequency`` for one folder: each comma-separated caption part and how many captions hold
+    it (at most ``MAX_TAGS``, the most frequent)."""
+    counts: dict[str, int] = {}
+    for text in captions:
+        for tag in {part.strip() for part in text.split(",") if part.strip()}:
+            counts[tag] = counts.get(tag, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_TAGS])
+
+
+def shared_words(captions: list[str], share: float = 0.9, limit: int = 3) -> list[str]:
+    """The words nearly every caption holds (``share`` of them; articles and prepositions left out), in the order
+    the first caption has them: a style's trigger ("in mystyle") when the user gave no ``--trigger-word``. None for
+    fewer than two captions or captions with nothing in common."""
+    if len(captions) < 2:
+        return []
+    words = [[w.strip(".,;:!?()\"'").lower() for w in text.split()] for text in captions]
+    counts: dict[str, int] = {}
+    for caption_words in words:
+        for word in set(caption_words):
+            counts[word] = counts.get(word, 0) + 1
+    needed = share * len(captions)
+    shared = [w for w in dict.fromkeys(words[0]) if w and w not in _STOPWORDS and counts.get(w, 0) >= needed]
+    return shared[:limit]
