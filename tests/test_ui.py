@@ -274,10 +274,36 @@ def test_curves_trigger_words_and_preview_cards(tmp_path, lora_dir):
     Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "bold.preview.png")
     cards = state.cards()
     assert [name for _, name in cards] == ["bold", "sepia-ish"]
-    assert cards[0][0] == str(folder / "bold.preview.png") and cards[1][0].endswith("no-preview.png")
+    assert cards[0][0] == str(folder / "bold.preview.png")
+    # a LoRA without a preview gets a card with its name drawn on it (not a grey tile), its own for each name
+    import numpy as np
+
+    drawn = np.asarray(Image.open(cards[1][0]))
+    assert drawn.shape == (256, 256, 3) and (drawn.min(axis=2) < 100).sum() > 50  # dark text on the light card
+    assert state.cards()[1][0] == cards[1][0] and state._blank_card("other") != Path(cards[1][0])
     text, words, frame = state.details("sepia-ish")
     assert words == [["<b>not html</b>"]] and "rank:     4" in text and frame is None
     state.library.rename("bold", "bolder")  # the preview follows its LoRA
     assert (folder / "bolder.preview.png").is_file() and not (folder / "bold.preview.png").exists()
     state.library.delete("bolder")
     assert not (folder / "bolder.preview.png").exists()
+
+
+def test_the_train_tab_eta_comes_from_the_pace_after_the_first_step_and_the_last_step_says_what_follows(tmp_path):
+    """The ETA used the whole elapsed time (base load and first step included) over the steps: 0:50 shown with 6 min
+    left; and a full bar sat at "ETA 0:00" while the file was saved. Now: the pace since the first step, and the
+    last step names what is still coming."""
+    from lora_diffusion.ui.jobs import JobState, TrainingJob
+    from lora_diffusion.ui.library import LoraLibrary
+
+    job = TrainingJob(LoraLibrary(tmp_path / "loras"))
+    job._state = JobState(status="running", steps=8)
+    job._finishing = "last step done: saving the LoRA and drawing the final validation images"
+    job._on_step({"step": 1, "steps": 8, "loss": 0.5, "elapsed": 60.0})  # a minute of loading, then one step
+    assert job.snapshot().eta_s is None and job.snapshot().message == "training (timing the steps)"
+    job._on_step({"step": 2, "steps": 8, "loss": 0.4, "elapsed": 70.0})
+    assert job.snapshot().eta_s == 60.0  # 10 s/step × 6 steps, not (70 / 2) × 6
+    for step in range(3, 9):
+        job._on_step({"step": step, "steps": 8, "loss": 0.3, "elapsed": 60.0 + 10 * step})
+    state = job.snapshot()
+    assert state.eta_s == 0.0 and state.message == "last step done: saving the LoRA and drawing the final validation images"

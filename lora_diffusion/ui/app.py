@@ -234,16 +234,29 @@ class UiState:
         cards = []
         for name in self.library.names():
             preview = self.library.preview(name)
-            cards.append((str(preview) if preview else str(self._blank_card()), name))
+            cards.append((str(preview) if preview else str(self._blank_card(name)), name))
         return cards
 
-    def _blank_card(self) -> Path:
-        path = self.job.work_dir / "no-preview.png"  # beside the training runs, not among the user's images
+    def _blank_card(self, name: str) -> Path:
+        """A card for a LoRA without a preview image: its name, drawn, so the tile says which LoRA it is without a
+        hover (a plain grey tile did not)."""
+        import hashlib
+        import textwrap
+
+        from PIL import Image, ImageDraw
+
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        path = self.job.work_dir / "cards" / f"{digest}.png"  # beside the training runs, not among the user's images
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            from PIL import Image
-
-            Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+            card = Image.new("RGB", (256, 256), (226, 228, 233))
+            draw = ImageDraw.Draw(card)
+            lines = textwrap.wrap(name, 18)[:6] or ["?"]
+            top = 128 - 12 * len(lines)
+            for i, line in enumerate(lines):
+                width = draw.textlength(line)
+                draw.text(((256 - width) / 2, top + 24 * i), line, fill=(40, 44, 52))
+            card.save(path)
         return path
 
     def details(self, name: str) -> tuple[str, list[list[str]], object]:
@@ -569,8 +582,9 @@ def _train_tab(state: UiState, base) -> dict:
                                     label="Loss (raw and smoothed)", elem_id="train-loss-plot",
                                     color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
             # a validation image is a strip of one image per prompt: shown whole, one per row
-            samples = gr.Gallery(label="Validation images", columns=1, height=240, object_fit="contain",
-                                 elem_id="validation-gallery")
+            # square-ish cells a grid can fill, full size on a click (one 240 px column made a wide grid a strip)
+            samples = gr.Gallery(label="Validation images (click for full size)", columns=3, height=420,
+                                 object_fit="contain", allow_preview=True, elem_id="validation-gallery")
     fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te")}
     call, inputs = _by_name(state.preview_training, fields | {"base": base})
     show_plan.click(_user_errors(call), inputs=inputs, outputs=plan, concurrency_limit=None)

@@ -118,6 +118,8 @@ class TrainingJob:
         # training images to another
         self.upload_dir = self.work_dir.parent / f".{self.work_dir.name.lstrip('.')}-uploads"
         self._state = JobState()
+        self._first: tuple[int, float] | None = None  # (step, elapsed s) of the run's first step: the ETA's origin
+        self._finishing = "saving the LoRA"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,13 +207,26 @@ class TrainingJob:
 
     def _on_step(self, record: dict) -> None:
         with self._lock:
-            self._state.step = record["step"]
+            step, steps = int(record["step"]), int(record["steps"])
+            self._state.step = step
             self._state.loss = record["loss"]
-            self._state.losses.append((int(record["step"]), float(record["loss"])))
-            per_step = record["elapsed"] / max(record["step"], 1)
-            self._state.eta_s = per_step * (record["steps"] - record["step"])
-            if self._state.status == "running":
-                self._state.message = "training"
+            self._state.losses.append((step, float(record["loss"])))
+            self._state.eta_s = self._eta(step, steps, record["elapsed"])
+            if self._state.status != "running":
+                return
+            if step >= steps:  # the bar is full, but the file (and the final validation images) are still coming
+                self._state.message = self._finishing
+            else:
+                self._state.message = "training" if self._state.eta_s is not None else "training (timing the steps)"
+
+    def _eta(self, step: int, steps: int, elapsed: float) -> float | None:
+        """Seconds to go from the pace since the first step (the start-up and first step are slow and one-off); None
+        until a second step gives a pace."""
+        if self._first is None or step <= self._first[0]:
+            self._first = (step, elapsed)
+            return None
+        per_step = (elapsed - self._first[1]) / (step - self._first[0])
+        return per_step * (steps - step)
 
     def _on_plan(self, plan, text: str) -> None:
         with self._lock:
@@ -221,6 +236,9 @@ class TrainingJob:
     def _run(self, cfg: TrainConfig, final: Path) -> None:
         from ..training.trainer import TrainCallbacks, train
 
+        self._first = None
+        self._finishing = "last step done: saving the LoRA" + (
+            " and drawing the final validation images" if cfg.sample_every else "")
         try:
             callbacks = TrainCallbacks(on_plan=self._on_plan, on_step=self._on_step, should_stop=self._stop.is_set)
             result = train(cfg, progress=False, callbacks=callbacks)
