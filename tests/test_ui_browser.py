@@ -86,6 +86,7 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
         """() => { const m = document.querySelector('#train-loss-plot').innerText.match(/Loss \\(raw and smoothed\\): (\\d+) step/);
                    return m && Number(m[1]) >= 2; }""", timeout=240_000)
     page.locator("#train-loss-plot canvas, #train-loss-plot svg").first.wait_for(timeout=30_000)
+    page.locator("#train-status").get_by_text("ETA").first.wait_for(timeout=60_000)  # a pace from step 2 on
     page.screenshot(path=str(ARTIFACTS / "ui-train-curve.png"), full_page=True)
     page.locator("#train-status").get_by_text("saved browser-trained.safetensors").wait_for(timeout=240_000)
     assert (page.root / "loras" / "browser-trained.safetensors").is_file()
@@ -93,6 +94,7 @@ def test_training_from_the_train_tab_lands_in_the_library(page):
     page.get_by_role("tab", name="Library").click()
     # the new LoRA's card (its last validation image) selects it
     page.locator("#library-cards").get_by_text("browser-trained").first.wait_for(timeout=30_000)
+    assert page.locator("#library-cards img").count() >= 3  # every LoRA has a card image, named when it has no preview
     page.locator("#library-cards button, #library-cards .thumbnail-item").filter(has_text="browser-trained").first.click()
     page.wait_for_function("() => document.querySelector('#library-info textarea').value.includes('browser-trained')",
                            timeout=30_000)

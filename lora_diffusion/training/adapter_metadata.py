@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from .. import __version__
@@ -55,8 +56,6 @@ def adapter_metadata(cfg: TrainConfig, plan, data, path: Path, steps: int, start
     return metadata
 
 
-# words that say nothing about a LoRA even when every caption has them
-_STOPWORDS = frozenset("a an the in on of at to with and or by for from as is are this that its it".split())
 MAX_TAGS = 1000
 
 
@@ -70,10 +69,31 @@ def tag_frequency(captions: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_TAGS])
 
 
+COMMON_TOKEN_IDS = 20000  # CLIP's BPE ids rank tokens by frequency: below this, an everyday word ("background")
+
+
+@lru_cache(maxsize=1)
+def _clip_vocabulary() -> dict[str, int]:
+    import json
+
+    from ..models.builtin import builtin_path
+
+    try:
+        return json.loads((builtin_path() / "tokenizer" / "vocab.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _rare(word: str) -> bool:
+    """A made-up or rare word (a trigger such as "mystyle" or "sks"): not an everyday whole word of CLIP's
+    vocabulary."""
+    return _clip_vocabulary().get(f"{word}</w>", COMMON_TOKEN_IDS) >= COMMON_TOKEN_IDS
+
+
 def shared_words(captions: list[str], share: float = 0.9, limit: int = 3) -> list[str]:
-    """The words nearly every caption holds (``share`` of them; articles and prepositions left out), in the order
-    the first caption has them: a style's trigger ("in mystyle") when the user gave no ``--trigger-word``. None for
-    fewer than two captions or captions with nothing in common."""
+    """The rare words nearly every caption holds (``share`` of them), in the order the first caption has them: a
+    style's trigger ("in mystyle") when the user gave no ``--trigger-word``. Everyday words all captions share
+    ("background") are scene words, not triggers. None for fewer than two captions."""
     if len(captions) < 2:
         return []
     words = [[w.strip(".,;:!?()\"'").lower() for w in text.split()] for text in captions]
@@ -82,5 +102,6 @@ def shared_words(captions: list[str], share: float = 0.9, limit: int = 3) -> lis
         for word in set(caption_words):
             counts[word] = counts.get(word, 0) + 1
     needed = share * len(captions)
-    shared = [w for w in dict.fromkeys(words[0]) if w and w not in _STOPWORDS and counts.get(w, 0) >= needed]
+    shared = [w for w in dict.fromkeys(words[0])
+              if w and counts.get(w, 0) >= needed and _rare(w)]
     return shared[:limit]
