@@ -169,7 +169,8 @@ def free_cores(cores: int | None = None, load: float | None = None) -> tuple[int
             load = os.getloadavg()[0]
         except (OSError, AttributeError):  # Windows has no load average
             load = 0.0
-    return max(1, cores - min(cores - 1, int(round(load)))), cores, load
+    # whole cores only: the 1-minute average still holds a finished install or build for a while
+    return max(1, cores - min(cores - 1, int(load))), cores, load
 
 
 def cpu_threads(device: DeviceFacts) -> tuple[int, str]:
