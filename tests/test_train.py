@@ -156,6 +156,10 @@ def test_offloaded_encoders_give_the_same_run_and_refuse_uncacheable_settings(ti
     offloaded = train(TrainConfig(output=str(tmp_path / "b.safetensors"), offload_encoders="on", **common), progress=False)
     assert plain.losses == pytest.approx(offloaded.losses, rel=1e-5)
     assert (tmp_path / "b-logs" / "samples" / "final.png").is_file()
+    from PIL import Image
+
+    # four captions: a 2×2 grid, which a gallery cell shows whole (a row of four was a thin strip)
+    assert Image.open(tmp_path / "b-logs" / "samples" / "final.png").size == (64, 64)
     with pytest.raises(UserError, match="offload_encoders needs cached latents and captions"):
         train(TrainConfig(output=str(tmp_path / "c.safetensors"), offload_encoders="on", crop="random", **common),
               progress=False)

@@ -3,6 +3,8 @@ its folder cannot take it) and the validation grids."""
 
 from __future__ import annotations
 
+import math
+
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -53,7 +55,8 @@ def save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], No
 
 @torch.no_grad()
 def validation_grid(run, path: Path) -> None:
-    """One row of images, a prompt each (the configured ones, or the first four captions), at the run's size."""
+    """A near-square grid of images (2×2 for four), a prompt each (the configured ones, or the first four captions),
+    at the run's size: a row of four was a strip the UI's gallery showed a quarter high."""
     from PIL import Image
 
     cfg, pipe, resolution = run.cfg, run.pipe, run.cfg.resolution
@@ -69,9 +72,11 @@ def validation_grid(run, path: Path) -> None:
     finally:
         for model in offloaded:
             model.to("cpu")
-    grid = Image.new("RGB", (resolution * len(images), resolution))
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (resolution * columns, resolution * rows), "white")
     for i, image in enumerate(images):
-        grid.paste(image, (i * resolution, 0))
+        grid.paste(image, ((i % columns) * resolution, (i // columns) * resolution))
     with atomic_write(path) as tmp:
         grid.save(tmp, format="PNG")
     run.denoiser.prepared.train()
