@@ -48,9 +48,9 @@ def adapter_metadata(cfg: TrainConfig, plan, data, path: Path, steps: int, start
     }
     captions = list({example.path: example.caption for example in data.items}.values())  # each image once
     metadata["ss_tag_frequency"] = {Path(cfg.data).name or "data": tag_frequency(captions)}
-    triggers = [cfg.trigger_word] if cfg.trigger_word else shared_words(captions)
-    if triggers:
-        metadata["lora_diffusion.trigger_words"] = triggers
+    # always written, even empty: a reader then knows the captions were looked at (their whole sentences in
+    # ss_tag_frequency are not trigger words)
+    metadata["lora_diffusion.trigger_words"] = [cfg.trigger_word] if cfg.trigger_word else shared_words(captions)
     if curve:  # the Library shows it beside the LoRA, wherever the file goes
         metadata["lora_diffusion.loss_curve"] = [list(point) for point in curve]
     return metadata

@@ -243,7 +243,7 @@ class UiState:
         import hashlib
         import textwrap
 
-        from PIL import Image, ImageDraw
+        from PIL import Image, ImageDraw, ImageFont
 
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
         path = self.job.work_dir / "cards" / f"{digest}.png"  # beside the training runs, not among the user's images
@@ -251,11 +251,15 @@ class UiState:
             path.parent.mkdir(parents=True, exist_ok=True)
             card = Image.new("RGB", (256, 256), (226, 228, 233))
             draw = ImageDraw.Draw(card)
-            lines = textwrap.wrap(name, 18)[:6] or ["?"]
-            top = 128 - 12 * len(lines)
+            try:
+                font = ImageFont.load_default(size=30)
+            except TypeError:  # Pillow before 10.1: one small bitmap font
+                font = ImageFont.load_default()
+            lines = textwrap.wrap(name, 12)[:5] or ["?"]
+            top = 128 - 19 * len(lines)
             for i, line in enumerate(lines):
-                width = draw.textlength(line)
-                draw.text(((256 - width) / 2, top + 24 * i), line, fill=(40, 44, 52))
+                width = draw.textlength(line, font=font)
+                draw.text(((256 - width) / 2, top + 38 * i), line, fill=(40, 44, 52), font=font)
             card.save(path)
         return path
 

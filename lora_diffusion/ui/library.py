@@ -141,7 +141,7 @@ def trigger_words(info: dict, limit: int = 8) -> list[str]:
     except json.JSONDecodeError:
         ours = []
     words = [str(w) for w in ours if str(w).strip()] if isinstance(ours, list) else []
-    if not words:
+    if not words and "lora_diffusion.trigger_words" not in meta:  # a file of ours says so itself, even when empty
         try:
             frequency = json.loads(meta.get("ss_tag_frequency") or "{}")
         except json.JSONDecodeError:
