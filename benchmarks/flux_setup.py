@@ -41,12 +41,7 @@ def build_pipeline(folder: Path, guidance: bool = True) -> None:
 
 def prepare(work: Path, images: int, guidance: bool = True) -> tuple[Path, Path]:
     """(pipeline folder, data folder) under ``work``, built once."""
-    from sdxl_setup import write_data
+    from sdxl_setup import prepared
 
-    base, data = work / ("flux-dev-random" if guidance else "flux-schnell-random"), work / "data"
-    if not (base / "model_index.json").exists():
-        build_pipeline(base, guidance)
-        torch.cuda.empty_cache()
-    if not data.exists():
-        write_data(data, images)
-    return base, data
+    name = "flux-dev-random" if guidance else "flux-schnell-random"
+    return prepared(work, name, lambda folder: build_pipeline(folder, guidance), images)

@@ -41,12 +41,6 @@ def build_pipeline(folder: Path) -> None:
 
 def prepare(work: Path, images: int) -> tuple[Path, Path]:
     """(pipeline folder, data folder) under ``work``, built once."""
-    from sdxl_setup import write_data
+    from sdxl_setup import prepared
 
-    base, data = work / "sd35-large-random", work / "data"
-    if not (base / "model_index.json").exists():
-        build_pipeline(base)
-        torch.cuda.empty_cache()
-    if not data.exists():
-        write_data(data, images)
-    return base, data
+    return prepared(work, "sd35-large-random", build_pipeline, images)

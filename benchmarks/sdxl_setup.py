@@ -47,12 +47,18 @@ def write_data(folder: Path, count: int, size: int = 1024) -> None:
         (folder / f"{i:04d}.txt").write_text(caption(scene))
 
 
-def prepare(work: Path, images: int) -> tuple[Path, Path]:
-    """(pipeline folder, data folder) under ``work``, built once."""
-    base, data = work / "sdxl-random", work / "data"
+def prepared(work: Path, name: str, build, images: int) -> tuple[Path, Path]:
+    """(pipeline folder ``work/name``, made by ``build(folder)``; the procedural data folder) under ``work``, each
+    made once (every benchmark's setup shares this)."""
+    base, data = work / name, work / "data"
     if not (base / "model_index.json").exists():
-        build_pipeline(base)
+        build(base)
         torch.cuda.empty_cache()
     if not data.exists():
         write_data(data, images)
     return base, data
+
+
+def prepare(work: Path, images: int) -> tuple[Path, Path]:
+    """(pipeline folder, data folder) under ``work``, built once."""
+    return prepared(work, "sdxl-random", build_pipeline, images)
