@@ -251,3 +251,12 @@ def test_the_printed_plan_names_the_thread_count_it_chose(monkeypatch):
     assert plan.config.cpu_threads == 1
     assert plan.reasons["cpu_threads"] == "2 cores, load average 1.4: 1 free"
     assert plan_device(TrainConfig(data="d", output="o.safetensors", cpu_threads=2), DeviceFacts("cpu")).config.cpu_threads == 2
+
+
+def test_flux_and_sd3_plans_fit_an_80_gb_card():
+    """FLUX.1 at 1024 px without gradient checkpointing does not fit 80 GB (the peers' trackers; Replicate turns it
+    on below 100 GB): on an H100 the derived plan trains one image per step with checkpointing."""
+    for family in ("flux", "sd3"):
+        plan = derive_plan(_cfg(), BaseFacts(family, 1024, graphable=False), 24, H100)
+        assert (plan.config.batch_size, plan.config.gradient_checkpointing) == (1, True), family
+        assert plan.reasons["gradient_checkpointing"].startswith("GPU has under ")
