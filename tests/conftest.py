@@ -179,3 +179,24 @@ def assert_kill_and_resume_is_bit_identical(args, tmp_path, crash_at=3):
     assert "resumed from" in again.stderr and checkpoint in again.stderr
     a, b = load_file(str(straight)), load_file(str(resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def single_file_in_its_folder(base: str, folder, file_name: str, to_original):
+    """A copy of the diffusers folder ``base`` at ``folder`` with its transformer also saved as ``file_name`` in the
+    model's original single-file names (``to_original(transformer) -> state dict``); returns (the folder's pipeline,
+    the file's path, the pipeline loaded from the file), the file's transformer weights checked equal."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_diffusion.models.loading import load_pipeline
+
+    shutil.copytree(base, folder)
+    reference = load_pipeline(str(folder))
+    single = folder / file_name
+    save_file({k: v.contiguous() for k, v in to_original(reference.transformer).items()}, str(single))
+    pipe = load_pipeline(str(single))
+    assert all(torch.equal(a, b) for a, b in zip(pipe.transformer.state_dict().values(),
+                                                 reference.transformer.state_dict().values()))
+    return reference, single, pipe

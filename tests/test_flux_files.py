@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import saved_tiny_base
+from conftest import saved_tiny_base, single_file_in_its_folder
 from lora_diffusion import UserError, load_adapter, pipeline_components, read_adapter, set_adapter_weight
 from lora_diffusion.adapters.file import AdapterFile, write_adapter
 from lora_diffusion.adapters.modules import ModuleLora, ModuleLycoris
@@ -139,25 +139,19 @@ def test_a_lycoris_lokr_file_as_simpletuner_saves_it_gives_lycoris_own_output(fl
 
 
 def test_a_dit_single_file_base_without_its_folder_is_one_line(tmp_path, squares, capsys):
-    """An SD3 single file is not read yet, and a FLUX.1 transformer file needs the diffusers folder it came in:
-    each says so in one line."""
+    """A FLUX.1 or SD3 transformer file needs the diffusers folder it came in: outside one, one line says so."""
     from lora_diffusion.cli.main import main
 
     sd3 = tmp_path / "sd3.5_large.safetensors"
     save_file({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(2, 2)}, str(sd3))
     flux = tmp_path / "flux1-dev.safetensors"
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2, 2)}, str(flux))
-    expected = {
-        sd3: f"error: base {sd3}: a SD3.x checkpoint in its original single-file layout, which is not read yet; use the "
-             "diffusers folder of the same model (the official repositories ship one beside the single file: the "
-             "folder with model_index.json)",
-        flux: f"error: base {flux}: a FLUX.1 transformer on its own; its text encoders, tokenizers and VAE come from "
-              f"the diffusers folder it sits in (model_index.json beside it, as in the official repositories), and "
-              f"{tmp_path} is not one: put the file in the model's diffusers folder, or use the folder as --base",
-    }
-    for path, line in expected.items():
+    for path, label in ((sd3, "SD3.x"), (flux, "FLUX.1")):
         assert main(["train", "--base", str(path), "--data", squares, "--output", str(tmp_path / "o.safetensors")]) != 0
-        assert capsys.readouterr().err.strip().splitlines()[-1] == line
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: base {path}: a {label} transformer on its own; its text encoders, tokenizers and VAE come from "
+            f"the diffusers folder it sits in (model_index.json beside it, as in the official repositories), and "
+            f"{tmp_path} is not one: put the file in the model's diffusers folder, or use the folder as --base")
 
 
 def _bfl_checkpoint(transformer) -> dict[str, torch.Tensor]:
@@ -231,19 +225,13 @@ def test_a_flux_single_file_beside_its_diffusers_folder_is_a_base(flux_base, squ
     from lora_diffusion.cli.main import main
     from lora_diffusion.families import family_of_base
 
-    folder = tmp_path / "FLUX.1-dev"
-    shutil.copytree(flux_base, folder)
-    reference = load_pipeline(str(folder))
-    single = folder / "flux1-dev.safetensors"
-    save_file({k: v.contiguous() for k, v in _bfl_checkpoint(reference.transformer).items()}, str(single))
+    reference, single, pipe = single_file_in_its_folder(flux_base, tmp_path / "FLUX.1-dev", "flux1-dev.safetensors",
+                                                        _bfl_checkpoint)
     assert family_of_base(str(single)).name == "flux"
-    pipe = load_pipeline(str(single))
     with torch.no_grad():
         # the same weights; split views start mid-buffer, which the CPU's matmul may round differently
         torch.testing.assert_close(pipe.transformer(**_inputs()).sample, reference.transformer(**_inputs()).sample,
                                    rtol=1e-5, atol=1e-6)
-        assert all(torch.equal(a, b) for a, b in zip(pipe.transformer.state_dict().values(),
-                                                     reference.transformer.state_dict().values()))
     out = tmp_path / "single.safetensors"
     assert main(["train", "--base", str(single), "--data", squares, "--output", str(out), "--steps", "2"]) == 0
     assert read_adapter(out).architecture() == "flux"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import family_fixed_loss, saved_tiny_base
+from conftest import family_fixed_loss, saved_tiny_base, single_file_in_its_folder
 from lora_diffusion import load_adapter, pipeline_components, read_adapter, set_adapter_weight
 from lora_diffusion.cli.main import main
 from lora_diffusion.families import family_of, family_of_base, family_of_checkpoint
@@ -124,3 +124,54 @@ def test_sd3_kohya_layout_fuses_qkv_swaps_the_last_text_adaln_and_reads_back_exa
                                     timestep=torch.tensor([500.0])).sample
 
     torch.testing.assert_close(output(kohya), output(out), rtol=1e-5, atol=1e-6)
+
+
+def _original_sd3_checkpoint(transformer) -> dict:
+    """A diffusers SD3 transformer's weights in SD3's original single-file names (``model.diffusion_model.
+    joint_blocks.N.x_block.attn.qkv`` …): the inverse of diffusers' own converter, every tensor accounted for."""
+    state = {k: v.clone() for k, v in transformer.state_dict().items()}
+    out, used = {}, set()
+
+    def put(original, *names, swap=False):
+        for kind in ("weight", "bias"):
+            keys = [f"{n}.{kind}" for n in names]
+            if all(k in state for k in keys):
+                value = torch.cat([state[k] for k in keys])
+                if swap:
+                    first, second = value.chunk(2)
+                    value = torch.cat([second, first])
+                out[f"model.diffusion_model.{original}.{kind}"] = value
+                used.update(keys)
+
+    out["model.diffusion_model.pos_embed"] = state["pos_embed.pos_embed"]
+    used.add("pos_embed.pos_embed")
+    for original, ours in (("x_embedder.proj", "pos_embed.proj"), ("context_embedder", "context_embedder"),
+                           ("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
+                           ("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
+                           ("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"),
+                           ("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"),
+                           ("final_layer.linear", "proj_out")):
+        put(original, ours)
+    put("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
+    last = len(transformer.transformer_blocks) - 1
+    for i in range(last + 1):
+        ours, original = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        put(f"{original}.x_block.attn.qkv", *(f"{ours}.attn.to_{p}" for p in "qkv"))
+        put(f"{original}.context_block.attn.qkv", *(f"{ours}.attn.add_{p}_proj" for p in "qkv"))
+        put(f"{original}.x_block.attn.proj", f"{ours}.attn.to_out.0")
+        put(f"{original}.context_block.attn.proj", f"{ours}.attn.to_add_out")
+        put(f"{original}.x_block.adaLN_modulation.1", f"{ours}.norm1.linear")
+        put(f"{original}.context_block.adaLN_modulation.1", f"{ours}.norm1_context.linear", swap=i == last)
+        for stream, ff in (("x_block", "ff"), ("context_block", "ff_context")):
+            put(f"{original}.{stream}.mlp.fc1", f"{ours}.{ff}.net.0.proj")
+            put(f"{original}.{stream}.mlp.fc2", f"{ours}.{ff}.net.2")
+    assert used == set(state), sorted(set(state) - used)
+    return out
+
+
+def test_an_sd3_single_file_beside_its_diffusers_folder_is_a_base(sd3_base, tmp_path):
+    """``sd3.5_large.safetensors`` (SD3's original names) in the diffusers folder it came with: the transformer through
+    diffusers' own single-file converter with the folder's config, the rest from the folder; same output."""
+    _, single, pipe = single_file_in_its_folder(sd3_base, tmp_path / "sd3-folder", "sd3.5_tiny.safetensors",
+                                                _original_sd3_checkpoint)
+    assert family_of_base(str(single)).name == "sd3" and type(pipe).__name__ == "StableDiffusion3Pipeline"

@@ -54,16 +54,16 @@ def _generation_variant(configs: dict) -> GenerationDefaults | None:
 
 
 def _single_file_pipeline(path, dtype):
-    from ..models.flux_checkpoint import load_flux_single_file
+    from ..models.flux_checkpoint import load_flux_transformer
+    from ..models.transformer_file import pipeline_with_transformer
 
-    return load_flux_single_file(path, dtype)
+    return pipeline_with_transformer(path, "FLUX.1", dtype, load_flux_transformer)
 
 
 def _single_file_configs(path) -> dict:
-    from ..models.base_configs import read_base_configs
-    from ..models.flux_checkpoint import components_folder
+    from ..models.transformer_file import folder_configs
 
-    return read_base_configs(str(components_folder(path)))
+    return folder_configs(path, "FLUX.1")
 
 
 def _native_resolution(configs: dict) -> int:

@@ -40,6 +40,26 @@ def _mmdit_modules(modules: dict) -> dict:
     return MMDIT.to_original(modules)
 
 
+def _load_mmdit(path, config: dict, folder, dtype):
+    """SD3's original-layout file through diffusers' own single-file converter, with the folder's config."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel.from_single_file(str(path), config=str(folder), subfolder="transformer",
+                                                  local_files_only=True, torch_dtype=dtype)
+
+
+def _single_file_pipeline(path, dtype):
+    from ..models.transformer_file import pipeline_with_transformer
+
+    return pipeline_with_transformer(path, "SD3.x", dtype, _load_mmdit)
+
+
+def _single_file_configs(path) -> dict:
+    from ..models.transformer_file import folder_configs
+
+    return folder_configs(path, "SD3.x")
+
+
 def _native_resolution(configs: dict) -> int:
     blocks = len(configs.get("vae", {}).get("block_out_channels", (0, 0, 0, 0)))
     return int(configs["transformer"]["sample_size"]) * 2 ** (blocks - 1)
@@ -51,6 +71,7 @@ FAMILY = Family(
     recognises=_recognises, conditioning=_conditioning, objective=_objective, target_presets=PRESETS,
     checkpoint_recognises=lambda keys: any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys),
     native_resolution=_native_resolution, graphable=False, kohya_modules=_mmdit_modules,
+    single_file_pipeline=_single_file_pipeline, single_file_configs=_single_file_configs,
     file_layouts=("diffusers", "kohya"),  # diffusers' layout by default: diffusers reads no kohya SD3 file
     generation=GenerationDefaults(steps=28, cfg=3.5, sampler="Euler"),
 )

@@ -1,6 +1,6 @@
 """FLUX.1's single-file transformer (``flux1-dev.safetensors``, ``flux1-schnell.safetensors``: Black Forest Labs'
-names, q/k/v fused) as a diffusers ``FluxTransformer2DModel``, with the text encoders, tokenizers and VAE from the
-diffusers folder the file sits in — the layout of the official repositories, which ship both.
+names, q/k/v fused) as a diffusers ``FluxTransformer2DModel`` (the rest of the pipeline comes from the diffusers
+folder the file sits in: ``transformer_file.py``).
 
 The conversion is ours and reads every width from the tensors (diffusers' own single-file converter assumes
 FLUX.1's 3072); tests hold it to diffusers' converter on FLUX.1's real row counts. Nothing is downloaded.
@@ -8,7 +8,6 @@ FLUX.1's 3072); tests hold it to diffusers' converter on FLUX.1's real row count
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -78,8 +77,9 @@ def to_diffusers(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def load_flux_transformer(path: Path, config: dict, dtype: torch.dtype):
-    """The ``FluxTransformer2DModel`` of ``config`` with the weights of the BFL file ``path``."""
+def load_flux_transformer(path: Path, config: dict, folder: Path, dtype: torch.dtype):
+    """The ``FluxTransformer2DModel`` of ``config`` (its diffusers ``folder``'s) with the weights of the BFL file
+    ``path``."""
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
 
@@ -96,24 +96,3 @@ def load_flux_transformer(path: Path, config: dict, dtype: torch.dtype):
                         f"first: {first}); put the file beside the diffusers folder of the same FLUX.1 model")
     model.load_state_dict(state, assign=True)
     return model.eval()
-
-
-def components_folder(path: Path) -> Path:
-    """The diffusers folder that supplies everything but the transformer: the one the file sits in."""
-    folder = path.parent
-    if not (folder / "model_index.json").is_file() or not (folder / "transformer" / "config.json").is_file():
-        raise UserError(f"base {path}: a FLUX.1 transformer on its own; its text encoders, tokenizers and VAE come "
-                        f"from the diffusers folder it sits in (model_index.json beside it, as in the official "
-                        f"repositories), and {folder} is not one: put the file in the model's diffusers folder, or "
-                        f"use the folder as --base")
-    return folder
-
-
-def load_flux_single_file(path: Path, dtype: torch.dtype):
-    """A ``FluxPipeline``: the transformer from ``path``, every other component from the folder it sits in."""
-    from diffusers import FluxPipeline
-
-    folder = components_folder(path)
-    config = json.loads((folder / "transformer" / "config.json").read_text())
-    transformer = load_flux_transformer(path, config, dtype)
-    return FluxPipeline.from_pretrained(str(folder), transformer=transformer, torch_dtype=dtype, local_files_only=True)
