@@ -66,7 +66,8 @@ def _run(bases, data, tmp_path, family, cache, network) -> dict:
     out = tmp_path / f"{family}-{cache}-{network}.safetensors"
     cfg = TrainConfig(base=bases[family], data=data, output=str(out), resolution=32, steps=20, batch_size=2,
                       lr=5e-3, rank=4, seed=1, cache=cache, network=network,
-                      targets="attn")  # the preset the record was made with, whatever a profile now derives
+                      targets="attn",  # the preset the record was made with, whatever a profile now derives
+                      cpu_threads=2)  # and its thread count (torch's default on the 2-core machine that made it)
     result = train(cfg, progress=False)
     return {"losses": [float(loss).hex() for loss in result.losses], "tensors": _tensor_digest(out)}
 

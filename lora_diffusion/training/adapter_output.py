@@ -3,6 +3,8 @@ its folder cannot take it) and the validation grids."""
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import tempfile
@@ -29,7 +31,8 @@ def save_trained(run, path: Path, steps: int, curve: list[tuple[int, float]] = (
             components.pop(role, None)
     metadata = adapter_metadata(cfg, run.plan, run.data, path, steps, run.clock.started, curve)
     layout = get(arch).file_layouts[0]  # the family's default: kohya (BFL for FLUX), or diffusers for SD3
-    save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata, layout=layout)
+    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+        save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata, layout=layout)
 
 
 def save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], None]) -> None:

@@ -2,8 +2,8 @@
 
 ``checkpoint-000300/`` holds ``lora.safetensors`` (the adapter weights in fp32),
 ``optimizer.pt`` (optimizer and LR-scheduler state, our own file, read back with
-``torch.load(weights_only=True)``) and ``trainer.json`` (step, settings and the loss curve so far, which a
-resumed run's adapter file continues).
+``torch.load(weights_only=True)``), ``trainer.json`` (step, settings and the loss curve so far, which a
+resumed run's adapter file continues) and, with ``--ema-decay``, ``ema.safetensors`` (the weights' average).
 Data order and noise are functions of (seed, step), so no RNG state is needed.
 """
 
@@ -33,7 +33,7 @@ def lora_state(models: dict) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_scheduler, settings: dict, keep: int,
-                    curve: list | None = None) -> Path:
+                    curve: list | None = None, ema: dict[str, torch.Tensor] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:06d}"
     try:
@@ -41,6 +41,8 @@ def save_checkpoint(folder: Path, step: int, models: dict, optimizer, lr_schedul
             tmp.mkdir()
             save_file(lora_state(models), str(tmp / "lora.safetensors"))
             make_like_new_file(tmp / "lora.safetensors")
+            if ema is not None:  # the average the files are written from (--ema-decay)
+                save_file(ema, str(tmp / "ema.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optimizer.pt")
             (tmp / "trainer.json").write_text(json.dumps({"step": step, "settings": settings,
                                                           "loss_curve": [list(p) for p in curve or []]}, indent=2))
@@ -78,8 +80,9 @@ def changed_settings(path: Path, settings: dict) -> list[str]:
             if key in saved and saved[key] != settings.get(key)]
 
 
-def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
-    """Restore adapter weights, optimizer and scheduler; returns the step to continue from."""
+def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler, ema=None) -> int:
+    """Restore adapter weights, optimizer, scheduler and (when the run keeps one) the weights' average; returns the
+    step to continue from."""
     state = load_file(str(path / "lora.safetensors"))
     params = {f"{role}.{name}": p for role, model in models.items() for name, p in model.named_parameters() if p.requires_grad}
     if set(state) != set(params):
@@ -90,6 +93,13 @@ def load_checkpoint(path: Path, models: dict, optimizer, lr_scheduler) -> int:
     extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     lr_scheduler.load_state_dict(extra["lr_scheduler"])
+    if ema is not None:
+        if not (path / "ema.safetensors").is_file():
+            raise UserError(f"checkpoint {path} was made without --ema-decay; resume without it, or start a new run")
+        try:
+            ema.load(load_file(str(path / "ema.safetensors")))
+        except ValueError as error:
+            raise UserError(f"checkpoint {path}: {error}; resume with the settings it was made with") from None
     return int(json.loads((path / "trainer.json").read_text())["step"])
 
 

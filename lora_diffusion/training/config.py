@@ -78,6 +78,7 @@ class TrainConfig:
     compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})
     nan_policy: str = field(default="skip", metadata={"help": "on a NaN/inf loss or gradient: skip the update (warn) or stop"})
     max_bad_steps: int = field(default=10, metadata={"help": "with nan_policy skip: stop after this many bad steps in a row"})
+    ema_decay: float = field(default=0.0, metadata={"help": "keep an exponential moving average of the LoRA weights and write the files from it (e.g. 0.99 as ai-toolkit's FLUX example, 0.999 for long runs; 0: off)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
@@ -140,6 +141,8 @@ class TrainConfig:
         if not 0 <= self.min_timestep < self.max_timestep <= 1000:
             raise UserError(f"timesteps {self.min_timestep}..{self.max_timestep}: need 0 <= --min-timestep < "
                             "--max-timestep <= 1000 (the SD schedulers' 1000 training timesteps)")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"config key 'ema_decay' must be in [0, 1) (0: off), got {self.ema_decay!r}")
         if self.discrete_flow_shift <= 0:
             raise UserError(f"config key 'discrete_flow_shift' must be positive, got {self.discrete_flow_shift!r}")
         if self.network != "lora" and self.lora_dropout:

@@ -96,6 +96,8 @@ class OptimizerStep:
         if all(math.isfinite(v) for v in values):
             run.optimizer.step()
             run.lr_scheduler.step()
+            if run.ema is not None:
+                run.ema.update()
         return values
 
 

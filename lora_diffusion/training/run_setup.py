@@ -22,6 +22,7 @@ from ..models.base_precision import QUANTIZED, check_quantization_available, qua
 from ..models.loading import load_pipeline
 from ..startup import job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
+from .ema import LoraEma
 from .checkpoint import changed_settings, checkpoint_curve, find_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
@@ -107,6 +108,7 @@ class RunState:
     images: int
     start_step: int = 0
     prior_curve: list = field(default_factory=list)  # (step, loss) before a resume, from its checkpoint
+    ema: LoraEma | None = None  # the average the files are written from (--ema-decay)
 
     @property
     def main(self) -> bool:
@@ -114,7 +116,8 @@ class RunState:
 
     def save_checkpoint(self, step: int, curve: list | None = None) -> Path:
         return save_checkpoint(self.paths.checkpoints, step, self.trained, self.optimizer, self.lr_scheduler,
-                               to_dict(self.cfg), self.cfg.checkpoints_to_keep, curve)
+                               to_dict(self.cfg), self.cfg.checkpoints_to_keep, curve,
+                               self.ema.state() if self.ema is not None else None)
 
     def train_mode(self) -> None:
         self.denoiser.prepared.train()
@@ -202,6 +205,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     run = RunState(cfg, plan, device, accelerator, pipe, objective, weight_dtype, denoiser, trained, trained_text,
                    data, inputs, optimizer, lr_scheduler, params, accelerator.num_processes > 1 and bool(cfg.cuda_graphs),
                    paths, clock, images)
+    run.ema = LoraEma(params, cfg.ema_decay) if cfg.ema_decay else None
     run.start_step = _resume(run)
     return run
 
@@ -337,7 +341,7 @@ def _resume(run: RunState) -> int:
         if run.main:
             print(f"no checkpoint in {run.paths.checkpoints} yet; starting from step 0", file=sys.stderr)
         return 0
-    start_step = load_checkpoint(found, run.trained, run.optimizer, run.lr_scheduler)
+    start_step = load_checkpoint(found, run.trained, run.optimizer, run.lr_scheduler, run.ema)
     run.prior_curve = [point for point in checkpoint_curve(found) if point[0] <= start_step]
     if run.main:
         print(f"resumed from {found} at step {start_step}", file=sys.stderr)

@@ -50,6 +50,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[dict], 
     ``on_step`` and ``should_stop`` are shorthands for the same ``callbacks`` fields (see ``TrainCallbacks``).
     """
     callbacks = callbacks or TrainCallbacks(on_step=on_step, should_stop=should_stop)
+    threads = torch.get_num_threads()  # the run sets its own (cpu_threads); an in-process caller gets its back
+    try:
+        return _train(cfg, progress, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, progress: bool, callbacks: TrainCallbacks) -> TrainResult:
     run = set_up(cfg, progress, callbacks.on_plan)
     cfg = run.cfg
     if run.start_step >= cfg.steps and run.paths.output.exists():
