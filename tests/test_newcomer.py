@@ -121,7 +121,7 @@ def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings
     common = [sys.executable, "-m", "lora_diffusion.cli.main", "train", "--base", tiny_base, "--data", str(data),
               "--output", str(out), "--steps", "6", "--batch-size", "2"]
     faulty = [sys.executable, str(Path(__file__).parent / "fault_cli.py"), "ctrl-c-after-step", "3", *common[3:]]
-    cut = subprocess.run(faulty + ["--resolution", "32"], capture_output=True, text=True)
+    cut = subprocess.run(faulty + ["--resolution", "32", "--cpu-threads", "1"], capture_output=True, text=True)
     assert cut.returncode == 130, cut.stderr
     last = cut.stderr.replace("\r", "\n").rstrip("\n").split("\n")[-1]
     assert last == (f"interrupted after step 3 of 6: wrote the partial LoRA {tmp_path / 's-partial-step000003.safetensors'}"
@@ -135,6 +135,8 @@ def test_ctrl_c_message_has_its_own_line_and_resume_warns_about_changed_settings
     assert out.is_file()
     # the bookkeeping of a resumed run: what this run did, the whole loss curve, what was cleaned and what is kept
     assert f"wrote {out} after 6 steps (3 in this run, resumed at step 3) in " in printed.out
+    # the resumed steps use the thread count the checkpoint was made with (it changes float rounding)
+    assert "cpu_threads = 1, as in checkpoint-000003: the resumed steps round as the first ones did" in printed.err
     assert "removed 1 partial LoRA(s) of the interrupted run(s): s-partial-step000003.safetensors" in printed.out
     assert not (tmp_path / "s-partial-step000003.safetensors").exists()
     assert f"checkpoints kept in {tmp_path / 's-checkpoints'} (" in printed.out

@@ -331,6 +331,23 @@ def _prepare(cfg: TrainConfig, accelerator, model, text_encoders: dict, trainabl
     return Denoiser(model, prepared, forward), list(trained_text), optimizer, lr_scheduler
 
 
+def _resume_threads(run: RunState, checkpoint: Path) -> None:
+    """A resumed run computes with the thread count its checkpoint was made with (it changes float rounding), unless
+    ``--cpu-threads`` says otherwise."""
+    import json
+
+    if "cpu_threads" in run.plan.explicit or run.device.kind != "cpu":
+        return
+    saved = json.loads((checkpoint / "trainer.json").read_text()).get("settings", {}).get("cpu_threads")
+    if isinstance(saved, int) and saved > 0 and saved != run.cfg.cpu_threads:
+        run.cfg.cpu_threads = saved
+        run.plan.reasons["cpu_threads"] = f"as in {checkpoint.name} (the same rounding as the run it continues)"
+        torch.set_num_threads(saved)
+        if run.main:
+            print(f"cpu_threads = {saved}, as in {checkpoint.name}: the resumed steps round as the first ones did",
+                  file=sys.stderr)
+
+
 def _resume(run: RunState) -> int:
     """The step a ``--resume`` run continues from (its checkpoint loaded), or 0."""
     cfg = run.cfg
@@ -342,6 +359,7 @@ def _resume(run: RunState) -> int:
             print(f"no checkpoint in {run.paths.checkpoints} yet; starting from step 0", file=sys.stderr)
         return 0
     start_step = load_checkpoint(found, run.trained, run.optimizer, run.lr_scheduler, run.ema)
+    _resume_threads(run, found)
     run.prior_curve = [point for point in checkpoint_curve(found) if point[0] <= start_step]
     if run.main:
         print(f"resumed from {found} at step {start_step}", file=sys.stderr)
