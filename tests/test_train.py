@@ -5,6 +5,8 @@ from pathlib import Path
 import os
 
 import pytest
+from types import SimpleNamespace
+
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -308,3 +310,54 @@ def test_training_at_drawn_weights_keeps_each_steps_noise_and_saves_at_full_weig
     assert seen == [{1.0}, {1.0}]  # the file is written with the adapter back at full weight
     with pytest.raises(UserError, match=r"^config key 'train_weight_min' must be in \(0, 1\], got 0"):
         TrainConfig(output=str(tmp_path / "c.safetensors"), train_weight_min=0, **common).validate()
+
+
+def test_a_blended_step_is_taught_its_weights_share_of_the_way_from_the_base_to_the_data():
+    from torch import nn
+
+    from lora_diffusion.lora.config import LoraConfig
+    from lora_diffusion.lora.inject import inject_adapter, lora_layers
+    from lora_diffusion.training.optimizer_step import BlendedDenoiser
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6))
+    inject_adapter(model, "lora", LoraConfig(rank=2, alpha=2), targets=["0"])
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora_B["lora"].weight)  # a trained adapter: B ≠ 0
+
+    def set_weight(w):
+        for layer in lora_layers(model).values():
+            layer.set_weight("lora", w)
+
+    x, target, w = torch.randn(3, 6), torch.randn(3, 6), 0.4
+    forward = lambda inputs: SimpleNamespace(sample=model(inputs))  # noqa: E731 - a denoiser's output shape
+    set_weight(w)
+    blended = BlendedDenoiser(forward, w, set_weight)(x).sample
+    assert {layer.adapter_weight["lora"] for layer in lora_layers(model).values()} == {w}
+    with torch.no_grad():
+        set_weight(0.0)
+        base = model(x)
+        set_weight(w)
+        at_w = model(x)
+    expected = torch.nn.functional.mse_loss(at_w, w * target + (1 - w) * base)
+    assert torch.allclose(w**2 * torch.nn.functional.mse_loss(blended, target), expected, rtol=1e-5)
+    assert blended.requires_grad  # gradients reach the LoRA through pred_w only
+    blended.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_blended_training_starts_like_plain_training_scaled_by_the_weight_and_then_departs(tiny_base, style_folder,
+                                                                                         tmp_path):
+    common = dict(base=tiny_base, data=style_folder, resolution=32, steps=4, batch_size=2, lr=5e-3, seed=2,
+                  train_weight_min=0.3)
+    drawn = train(TrainConfig(output=str(tmp_path / "a.safetensors"), **common), progress=False)
+    blend = train(TrainConfig(output=str(tmp_path / "b.safetensors"), train_weight_blend=True, **common),
+                  progress=False)
+    # at step 1, B = 0: pred_w = pred_0, so the blended loss is w² × the plain one (w = the step's drawn weight)
+    from lora_diffusion.training.optimizer_step import OptimizerStep
+
+    w = OptimizerStep.__new__(OptimizerStep)
+    w.run, w._layers = SimpleNamespace(cfg=TrainConfig(seed=2, train_weight_min=0.3)), []
+    first = w._train_weight(0)
+    assert blend.losses[0] == pytest.approx(first**2 * drawn.losses[0], rel=1e-5)
+    assert blend.losses[1:] != drawn.losses[1:]

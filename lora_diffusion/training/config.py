@@ -88,6 +88,7 @@ class TrainConfig:
     noise_offset: float = field(default=0.0, metadata={"help": "noise offset (e.g. 0.05)"})
     min_timestep: int = field(default=0, metadata={"help": "train on noise levels from this timestep (kohya's --min_timestep)"})
     train_weight_min: float = field(default=1.0, metadata={"help": "each step trains the LoRA at a weight drawn from [this, 1] (1: always at full weight); below 1, weights under 1 learn to show the style too"})
+    train_weight_blend: bool = field(default=False, metadata={"help": "with --train-weight-min below 1: a step at weight w is taught w of the way from the base's own prediction to the data (one more forward pass without gradients), so the style grows with the weight instead of appearing all at once"})
     timestep_sampling: str = field(default="auto", metadata={"help": "rectified-flow bases (FLUX.1, SD3): how noise levels are drawn: auto (the family's: sigmoid for FLUX, shift for SD3), uniform, sigmoid or logit-normal (a sigmoid of a normal draw: the middle levels most), shift (sigmoid, then shifted toward noise by --discrete-flow-shift), flux-shift (FLUX's resolution-dependent shift, as its pipeline samples)"})
     discrete_flow_shift: float = field(default=3.0, metadata={"help": "the shift of --timestep-sampling shift (kohya's --discrete_flow_shift)"})
     train_guidance: float = field(default=1.0, metadata={"help": "the guidance FLUX.1-dev is fed while training (1: kohya's and SimpleTuner's; diffusers' script uses 3.5); bases without a guidance input ignore it"})

@@ -4,6 +4,7 @@ loss and gradients are finite; and the policy for steps that were not (``NanPoli
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -31,7 +32,7 @@ class OptimizerStep:
     def __call__(self, step: int) -> tuple[float, bool]:
         weight = self._train_weight(step)
         try:
-            return self._step(step)
+            return self._step(step, weight)
         finally:
             if weight != 1.0:
                 self._set_weight(1.0)  # saving, sampling and checkpoints see the adapter at full weight
@@ -56,16 +57,19 @@ class OptimizerStep:
         for layer in self._layers:
             layer.set_weight(ADAPTER, weight)
 
-    def _step(self, step: int) -> tuple[float, bool]:
+    def _step(self, step: int, weight: float) -> tuple[float, bool]:
         run, cfg, accelerator = self.run, self.run.cfg, self.run.accelerator
         loss_sum, values, finite = None, [], True
+        denoiser, scale = run.denoiser.forward, 1.0
+        if cfg.train_weight_blend and weight < 1:
+            denoiser, scale = BlendedDenoiser(denoiser, weight, self._set_weight), weight**2
         for micro in range(cfg.gradient_accumulation):
             index = step * cfg.gradient_accumulation + micro
             generator = step_generator(cfg.seed, step, micro, accelerator.device)
             with accelerator.accumulate(run.denoiser.prepared):
                 batch = self.feed.batch(index, generator)
                 with accelerator.autocast():
-                    loss = run.objective.loss(run.denoiser.forward, batch.latents.to(run.weight_dtype),
+                    loss = scale * run.objective.loss(denoiser, batch.latents.to(run.weight_dtype),
                                               batch.text_states, generator, added_cond_kwargs=batch.added,
                                               min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
                                               share=batch.share, timesteps=(cfg.min_timestep, cfg.max_timestep))
@@ -99,6 +103,34 @@ class OptimizerStep:
             if run.ema is not None:
                 run.ema.update()
         return values
+
+
+class BlendedDenoiser:
+    """The denoiser as ``train_weight_blend`` sees it at LoRA weight ``w`` < 1: (pred_w − (1 − w)·pred_0) / w, with
+    pred_0 the base's own prediction (the LoRA at weight 0, no gradients). Against the unchanged target, w² times
+    the loss is exactly ‖pred_w − (w·target + (1 − w)·pred_0)‖²: weight w is taught w of the way from what the base
+    draws to the data, whatever the objective (noise, velocity or flow target)."""
+
+    def __init__(self, forward, weight: float, set_weight: Callable[[float], None]):
+        self.forward, self.weight, self.set_weight = forward, weight, set_weight
+
+    def __call__(self, *args, **kwargs):
+        self.set_weight(0.0)
+        try:
+            with torch.no_grad():
+                base = _first(self.forward(*args, **kwargs))
+        finally:
+            self.set_weight(self.weight)
+        out = self.forward(*args, **kwargs)
+        blended = (_first(out) - (1 - self.weight) * base) / self.weight
+        if isinstance(out, tuple):
+            return (blended, *out[1:])
+        return SimpleNamespace(sample=blended)
+
+
+def _first(out) -> torch.Tensor:
+    """The prediction in a denoiser's output: a tuple's first item (``return_dict=False``) or ``.sample``."""
+    return out[0] if isinstance(out, tuple) else out.sample
 
 
 class NanPolicy:
