@@ -156,7 +156,7 @@ def randomize_lora(model, name, seed=1, scale=0.1):
 def assert_kill_and_resume_is_bit_identical(args, tmp_path, crash_at=3):
     """Train straight through; train again, killed (exit 137, no cleanup) right after the checkpoint at
     ``crash_at``, then ``--resume latest``: the two adapter files must be bit-identical. All three runs use every
-    core (the thread count changes float rounding; the processes would otherwise each read the load average)."""
+    core (the thread count changes float rounding; the processes would otherwise each count the busy cores)."""
     import os
     import subprocess
     import sys
@@ -207,9 +207,9 @@ def single_file_in_its_folder(base: str, folder, file_name: str, to_original):
 
 
 @pytest.fixture(autouse=True)
-def idle_load_average(monkeypatch):
+def idle_machine(monkeypatch):
     """Runs in this process see an idle machine, so the derived thread count (``cpu_threads``) is the core count
     in every test and runs compared with each other compute alike; the thread rule's own tests set a load."""
-    import os
+    import lora_diffusion.training.plan as plan
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(plan, "busy_cores", lambda: 0.0)

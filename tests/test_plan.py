@@ -219,37 +219,72 @@ def test_every_shipped_config_is_valid_and_sdxl_gpu_keeps_sdxl_settings(name):
 
 def test_cpu_threads_follow_the_cores_other_programs_leave_free(monkeypatch):
     """A loaded machine trains 10-20x slower with a thread per core than with a thread per free core: the plan
-    reads the load average, says so, and a run that finds the machine busier later says why it is slow."""
+    counts the cores other programs keep busy now, says so, and a run that finds the machine busier later says why
+    it is slow."""
     import os
 
+    import lora_diffusion.training.plan as plan
     from lora_diffusion.training.plan import DeviceFacts, busy_machine_note, cpu_threads, free_cores
 
-    assert free_cores(cores=2, load=0.1) == (2, 2, 0.1)
-    assert free_cores(cores=2, load=1.6) == (1, 2, 1.6)
-    assert free_cores(cores=8, load=30.0) == (1, 8, 30.0)  # never none
+    assert free_cores(cores=2, busy=0.0) == (2, 2, 0.0)
+    assert free_cores(cores=2, busy=1.0) == (1, 2, 1.0)
+    assert free_cores(cores=8, busy=30.0) == (1, 8, 30.0)  # never none
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
+    monkeypatch.setattr(plan, "busy_cores", lambda: 2.0)
     cpu = DeviceFacts("cpu")
-    assert cpu_threads(cpu) == (2, "4 cores, load average 2.2: 2 free")
+    assert cpu_threads(cpu) == (2, "4 cores, 2 busy with other programs: 2 free")
     assert busy_machine_note(1.5, cpu, threads=2) is None
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 1.0, 0.5))
+    monkeypatch.setattr(plan, "busy_cores", lambda: 3.0)
     assert busy_machine_note(1.5, cpu, threads=2) == (
-        "note: the machine got busier since the start (load average 3.9 on 4 cores): other programs now share the "
-        "2 core(s) this run uses, so steps (1.50 s) are slower than on an idle machine; --cpu-threads 1 suits the "
-        "load now")
+        "note: the machine got busier since the start (3 of 4 cores busy with other programs): other programs now "
+        "share the 2 core(s) this run uses, so steps (1.50 s) are slower than on an idle machine; --cpu-threads 1 "
+        "suits the load now")
+
+
+def test_busy_cores_reads_the_run_queue_now_not_the_minute_average(monkeypatch, tmp_path):
+    """Right after README command 1's install the 1-minute load average still reads ~1 on an idle 2-core machine:
+    the plan reads how many threads are runnable now (the median of a few readings, its own taken off)."""
+    import builtins
+    import os
+
+    import lora_diffusion.training.plan as plan
+
+    monkeypatch.undo()  # conftest's idle machine: this test reads the real function
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))
+    readings = iter([1, 3, 1, 2, 1])
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/stat":
+            stat = tmp_path / "stat"
+            stat.write_text(f"cpu  1 2 3\nprocs_running {next(readings)}\nprocs_blocked 0\n")
+            return real_open(stat, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert plan.busy_cores(gap_s=0) == 0.0  # readings 0, 2, 0, 1, 0 after our own: median 0
+
+    def no_proc(path, *args, **kwargs):
+        if path == "/proc/stat":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert plan.busy_cores(gap_s=0) == 1.7  # no /proc (macOS): the load average
 
 
 def test_the_printed_plan_names_the_thread_count_it_chose(monkeypatch):
     import os
 
+    import lora_diffusion.training.plan as plan_module
     from lora_diffusion.training.config import TrainConfig
     from lora_diffusion.training.plan import DeviceFacts, plan_device
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 0.5))
+    monkeypatch.setattr(plan_module, "busy_cores", lambda: 1.0)
     plan = plan_device(TrainConfig(data="d", output="o.safetensors"), DeviceFacts("cpu"))
     assert plan.config.cpu_threads == 1
-    assert plan.reasons["cpu_threads"] == "2 cores, load average 1.4: 1 free"
+    assert plan.reasons["cpu_threads"] == "2 cores, 1 busy with other programs: 1 free"
     assert plan_device(TrainConfig(data="d", output="o.safetensors", cpu_threads=2), DeviceFacts("cpu")).config.cpu_threads == 2
 
 

@@ -72,7 +72,7 @@ class TrainConfig:
     mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16 (derived: bf16 on GPUs that have it, else fp16; no on CPU)"})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "trade compute for memory (derived: on for GPUs with little memory)"})
     offload_encoders: str = field(default="auto", metadata={"help": "encode all images and captions first, then move the VAE and text encoder off the GPU: auto (on CUDA when everything can be cached), on, off"})
-    cpu_threads: int | None = field(default=None, metadata={"help": "torch threads for a CPU run (derived: the cores other programs leave free, read from the load average; a busy machine trains far faster with fewer threads)"})
+    cpu_threads: int | None = field(default=None, metadata={"help": "torch threads for a CPU run (derived: the cores other programs leave free, counted from the threads running now; a busy machine trains far faster with fewer threads)"})
     compile: bool | None = field(default=None, metadata={"help": "torch.compile the UNet (faster steps on GPU after a compile of a minute or two; derived: on for long GPU runs)"})
     cuda_graphs: bool | None = field(default=None, metadata={"help": "replay the UNet's forward and backward as CUDA graphs: no compiler, captured in seconds (derived: on for CUDA GPUs without torch.compile, gradient accumulation, fp16 or text-encoder training)"})
     compile_mode: str | None = field(default=None, metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs"})

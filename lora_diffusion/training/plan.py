@@ -160,17 +160,38 @@ def plan_device(config: TrainConfig, device: DeviceFacts) -> Plan:
     return plan
 
 
-def free_cores(cores: int | None = None, load: float | None = None) -> tuple[int, int, float]:
-    """(cores other programs leave free, cores, 1-minute load average): this run has not started computing, so
-    the load is theirs. At least one."""
-    cores = cores or os.cpu_count() or 1
-    if load is None:
+def busy_cores(samples: int = 5, gap_s: float = 0.04) -> float:
+    """How many cores other programs keep busy right now: the kernel's count of runnable threads
+    (``procs_running`` in /proc/stat, this reader's own thread taken off), the median of a few readings 40 ms
+    apart. Not the load average: its minute-long memory still holds a finished install or build (README
+    command 1's own install made the first run train on one core of two). Elsewhere, the 1-minute load average."""
+    import statistics
+    import time
+
+    readings = []
+    for i in range(samples):
         try:
-            load = os.getloadavg()[0]
-        except (OSError, AttributeError):  # Windows has no load average
-            load = 0.0
-    # whole cores only: the 1-minute average still holds a finished install or build for a while
-    return max(1, cores - min(cores - 1, int(load))), cores, load
+            with open("/proc/stat") as stat:
+                running = next(int(line.split()[1]) for line in stat if line.startswith("procs_running"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            break
+        readings.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    if readings:
+        return float(statistics.median(readings))
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # Windows has no load average
+        return 0.0
+
+
+def free_cores(cores: int | None = None, busy: float | None = None) -> tuple[int, int, float]:
+    """(cores other programs leave free, cores, cores they keep busy): this run has not started computing, so
+    the work is theirs. At least one."""
+    cores = cores or os.cpu_count() or 1
+    busy = busy_cores() if busy is None else busy
+    return max(1, cores - min(cores - 1, int(busy))), cores, busy
 
 
 def cpu_threads(device: DeviceFacts) -> tuple[int, str]:
@@ -181,18 +202,18 @@ def cpu_threads(device: DeviceFacts) -> tuple[int, str]:
 
     if device.kind != "cpu":
         return torch.get_num_threads(), "torch's default; the GPU does the work"
-    free, cores, load = free_cores()
-    return free, f"{cores} cores, load average {load:.1f}: {free} free"
+    free, cores, busy = free_cores()
+    return free, f"{cores} cores, {busy:g} busy with other programs: {free} free"
 
 
 def busy_machine_note(seconds_per_step: float, device: DeviceFacts, threads: int) -> str | None:
     """Why a CPU run may be slower than it should, when the machine got busier after the plan chose its threads."""
     if device.kind != "cpu":
         return None
-    free, cores, load = free_cores()
+    free, cores, busy = free_cores()
     if free >= threads:
         return None
-    return (f"note: the machine got busier since the start (load average {load:.1f} on {cores} cores): other "
+    return (f"note: the machine got busier since the start ({busy:g} of {cores} cores busy with other programs): other "
             f"programs now share the {threads} core(s) this run uses, so steps ({seconds_per_step:.2f} s) are slower "
             f"than on an idle machine; --cpu-threads {free} suits the load now")
 
