@@ -213,3 +213,17 @@ def idle_machine(monkeypatch):
     import lora_diffusion.training.plan as plan
 
     monkeypatch.setattr(plan, "busy_cores", lambda: 0.0)
+
+
+@pytest.fixture(scope="session")
+def style_folder(tmp_path_factory):
+    """Four 32 px images of a coloured square on beige, captioned: the trainer tests' data."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("data")
+    for i, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]):
+        image = Image.new("RGB", (32, 32), (230, 210, 170))
+        image.paste(color, (8, 8, 24, 24))
+        image.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a square number {i}")
+    return str(folder)

@@ -18,17 +18,6 @@ from lora_diffusion.training.config import TrainConfig
 from lora_diffusion.training.trainer import train
 
 
-@pytest.fixture(scope="module")
-def style_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for i, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]):
-        image = Image.new("RGB", (32, 32), (230, 210, 170))
-        image.paste(color, (8, 8, 24, 24))
-        image.save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a square number {i}")
-    return str(folder)
-
-
 def _cfg(base, data, out, **kw):
     values = dict(base=base, data=data, output=str(out), resolution=32, steps=8, batch_size=2, lr=5e-3, seed=1)
     values.update(kw)

@@ -3,10 +3,7 @@ its folder cannot take it) and the validation grids."""
 
 from __future__ import annotations
 
-import contextlib
-
 import math
-
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -18,6 +15,7 @@ from ..errors import UserError
 from ..families import get
 from ..safe_write import atomic_write
 from .adapter_metadata import adapter_metadata
+from .optimizers import evaluation_weights
 from .run_setup import ADAPTER
 
 
@@ -31,7 +29,7 @@ def save_trained(run, path: Path, steps: int, curve: list[tuple[int, float]] = (
             components.pop(role, None)
     metadata = adapter_metadata(cfg, run.plan, run.data, path, steps, run.clock.started, curve)
     layout = get(arch).file_layouts[0]  # the family's default: kohya (BFL for FLUX), or diffusers for SD3
-    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+    with run.ema.applied() if run.ema is not None else evaluation_weights(run.optimizer):
         save_adapter(path, components, ADAPTER, dtype=cfg.save_dtype, base=arch, metadata=metadata, layout=layout)
 
 
@@ -70,8 +68,9 @@ def validation_grid(run, path: Path) -> None:
     for model in offloaded:  # offload_encoders moved them off the GPU; sampling needs them back briefly
         model.to(device)
     try:
-        images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
-                      generator=torch.Generator().manual_seed(cfg.seed)).images
+        with evaluation_weights(run.optimizer):
+            images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
+                          generator=torch.Generator().manual_seed(cfg.seed)).images
     finally:
         for model in offloaded:
             model.to("cpu")

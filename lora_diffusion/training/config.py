@@ -14,10 +14,11 @@ from ..errors import UserError
 from ..lora.config import INIT_CHOICES, NETWORK_CHOICES
 from ..lora.targets import TEXT_PRESETS, UNET_PRESETS
 from ..models.precisions import BASE_PRECISIONS
+from .optimizers import OPTIMIZERS
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "fp16", "bf16"),
-    "optimizer": ("adamw", "adamw8bit"),
+    "optimizer": tuple(OPTIMIZERS),
     "lr_scheduler": ("constant", "constant_with_warmup", "linear", "cosine"),
     "crop": ("center", "random"),
     "cache": ("auto", "memory", "disk", "off"),
@@ -80,7 +81,7 @@ class TrainConfig:
     max_bad_steps: int = field(default=10, metadata={"help": "with nan_policy skip: stop after this many bad steps in a row"})
     ema_decay: float = field(default=0.0, metadata={"help": "keep an exponential moving average of the LoRA weights and write the files from it (e.g. 0.99 as ai-toolkit's FLUX example, 0.999 for long runs; 0: off)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU) or adamw8bit (bitsandbytes)"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (fused on GPU), adamw8bit (bitsandbytes), prodigy (prodigyopt; lr 1), adafactor (transformers), adamw-schedulefree (schedulefree; no lr schedule) or lion (lion-pytorch; a fifth of AdamW's lr); the lr is derived for the optimizer unless you set it"})
     weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str | None = field(default=None, metadata={"help": "learning-rate schedule"})
     lr_warmup_steps: int | None = field(default=None, metadata={"help": "warm-up steps"})

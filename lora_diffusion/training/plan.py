@@ -19,6 +19,7 @@ import yaml
 from ..errors import UserError
 from ..models.precisions import QUANTIZED
 from .config import DERIVED, TrainConfig
+from .optimizers import kind_of
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 CPU_HOUR_S = 3600.0
@@ -241,6 +242,7 @@ def complete_plan(plan: Plan, base: BaseFacts, images: int, device: DeviceFacts)
     steps = min(max(wanted, rule["min"]), rule["max"])
     bound = "" if steps == wanted else f", kept in {rule['min']}..{rule['max']}"
     put("steps", steps, f"{rule['image_passes']} passes over {images} images at batch {cfg.batch_size}{bound}")
+    _put_optimizer_rates(plan, profile, name)
     for key, value in profile["settings"].items():
         if key == "alpha" and "rank" in plan.explicit and "alpha" not in plan.explicit:
             # a rank the user chose keeps the profile's alpha/rank scale
@@ -257,6 +259,22 @@ def complete_plan(plan: Plan, base: BaseFacts, images: int, device: DeviceFacts)
     put("cuda_graphs", blocker is None, blocker or "the step is launch-bound; graphs are captured in seconds")
     check_combinations(cfg, device, base.graphable)
     return plan
+
+
+def _put_optimizer_rates(plan: Plan, profile: dict, name: str) -> None:
+    """The profile's learning rates are AdamW's: another optimizer gets the rate that suits it, and one that
+    schedules itself a constant schedule."""
+    kind, settings = kind_of(plan.config.optimizer), profile["settings"]
+    for key in ("lr", "text_encoder_lr"):
+        rate, why = kind.lr(settings[key])
+        if why:
+            plan.put(key, rate, f"--optimizer {plan.config.optimizer}: {why}")
+    if kind.schedules_itself:
+        if plan.config.lr_scheduler not in (None, "constant"):
+            raise UserError(f"--optimizer {plan.config.optimizer} schedules the learning rate itself: leave "
+                            f"--lr-scheduler unset (it is then constant), not {plan.config.lr_scheduler}")
+        plan.put("lr_scheduler", "constant", f"--optimizer {plan.config.optimizer} schedules itself; its warm-up "
+                                             "is lr_warmup_steps")
 
 
 def derive_plan(config: TrainConfig, base: BaseFacts, images: int, device: DeviceFacts) -> Plan:
@@ -283,6 +301,9 @@ def check_combinations(cfg: TrainConfig, device: DeviceFacts, graphable: bool = 
     if cfg.base_precision in QUANTIZED and cfg.compile:
         raise UserError(f"--compile with --base-precision {cfg.base_precision}: the quantized weights are not compiled "
                         "here; drop --compile (CUDA graphs still apply)")
+    if cfg.ema_decay and kind_of(cfg.optimizer).evaluation_weights:
+        raise UserError(f"--ema-decay with --optimizer {cfg.optimizer}: it already writes an average of the weights; "
+                        "drop --ema-decay")
     if cfg.compile and cfg.train_weight_min < 1:
         raise UserError("--compile with --train-weight-min below 1: the weight changes every step and would be "
                         "compiled again each time; drop one of them")

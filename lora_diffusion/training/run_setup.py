@@ -23,6 +23,7 @@ from ..models.loading import load_pipeline
 from ..startup import job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
 from .ema import LoraEma
+from .optimizers import make_optimizer
 from .checkpoint import changed_settings, checkpoint_curve, find_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
@@ -284,17 +285,6 @@ def _quantize_base(cfg: TrainConfig, model, text_encoders: dict, device: torch.d
               f"{precision if precision != 'no' else 'fp32'}", file=sys.stderr)
 
 
-def _make_optimizer(cfg: TrainConfig, groups, device: torch.device):
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes (or use --set optimizer=adamw)") from None
-        return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
-    fused = device.type == "cuda"  # the fused kernel exists on CUDA only
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
-
-
 def _optimizer(cfg: TrainConfig, model, text_encoders: dict, device: torch.device):
     """The optimizer over the LoRA weights (the text encoders' at their own rate), its schedule, and the weights."""
     from diffusers.optimization import get_scheduler
@@ -303,7 +293,7 @@ def _optimizer(cfg: TrainConfig, model, text_encoders: dict, device: torch.devic
     if cfg.train_text_encoder:
         te_params = [p for encoder in text_encoders.values() for p in encoder.parameters() if p.requires_grad]
         groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
-    optimizer = _make_optimizer(cfg, groups, device)
+    optimizer = make_optimizer(cfg, groups, device)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.steps)
     return optimizer, lr_scheduler, [p for g in groups for p in g["params"]]
