@@ -10,9 +10,9 @@ from lora_diffusion.cli.train_cmd import config_from_args
 from lora_diffusion.training.config import DERIVED
 from lora_diffusion.training.plan_preview import preview_plan
 from lora_diffusion.ui import jobs
-from lora_diffusion.ui.app import TRAIN_FIELDS, UiState
+from lora_diffusion.ui.app import MORE_TRAIN_FIELDS, TRAIN_FIELDS, UiState
 
-AUTO = {key: "auto" for key in TRAIN_FIELDS}
+AUTO = {key: "auto" for key in TRAIN_FIELDS} | {key: default for key, (_, default) in MORE_TRAIN_FIELDS.items()}
 
 
 @pytest.fixture
@@ -82,3 +82,18 @@ def test_the_cli_prints_the_plan_the_preview_showed(data, tmp_path):
     with pytest.raises(Enough):
         train(cfg, progress=False, callbacks=TrainCallbacks(on_plan=on_plan))
     assert heard == [preview_plan(cfg)[1]]
+
+
+def test_more_settings_reach_the_run_and_their_defaults_are_the_clis(state, data, tmp_path):
+    """EMA, the optimizer and the validation split (issue 33) on the page: the run gets them; left as shown,
+    the run is the CLI's."""
+    state.start_training("mine", None, str(data), "", "", False, "builtin",
+                         **(AUTO | {"optimizer": "prodigy", "ema_decay": "0.99", "validation_split": "0.2"}))
+    state.job.wait()
+    cfg = state.started[0]
+    assert (cfg.optimizer, cfg.ema_decay, cfg.validation_split) == ("prodigy", 0.99, 0.2)
+    assert preview_plan(cfg)[0].config.lr == 1.0  # Prodigy's own scale, derived as the CLI does
+    cli = config_from_args(build_parser().parse_args(
+        ["train", "--data", str(data), "--output", str(tmp_path / "cli.safetensors")]))
+    assert {key: getattr(cli, key) for key in MORE_TRAIN_FIELDS} == {
+        key: type(getattr(cli, key))(default) for key, (_, default) in MORE_TRAIN_FIELDS.items()}

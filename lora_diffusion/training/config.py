@@ -95,6 +95,8 @@ class TrainConfig:
     train_guidance: float = field(default=1.0, metadata={"help": "the guidance FLUX.1-dev is fed while training (1: kohya's and SimpleTuner's; diffusers' script uses 3.5); bases without a guidance input ignore it"})
     max_timestep: int = field(default=1000, metadata={"help": "train on noise levels below this timestep (kohya's --max_timestep; 1000: all)"})
     cache: str = field(default="auto", metadata={"help": "cache latents/text states: auto, memory, disk, off"})
+    validation_split: float = field(default=0.0, metadata={"help": "hold out this share of the images (at least one) and log their loss, with fixed noise, every --validation-every steps: a curve that rises while the training loss falls means the LoRA is memorising its images (0: off)"})
+    validation_every: int = field(default=0, metadata={"help": "steps between validation-loss evaluations (0: about 20 over the run)"})
     checkpoint_every: int = field(default=0, metadata={"help": "save a resumable checkpoint every N steps (0: none; Ctrl-C still saves one)"})
     checkpoint_dir: str = field(default="", metadata={"help": "checkpoint folder (default: next to the output)"})
     checkpoints_to_keep: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
@@ -138,6 +140,9 @@ class TrainConfig:
         for key in ("resolution", "checkpoint_every", "save_every", "sample_every", "lr_warmup_steps", "keep_tokens"):
             if _given(self, key) and getattr(self, key) < 0:
                 raise UserError(f"config key {key!r} must not be negative, got {getattr(self, key)!r}")
+        if not 0 <= self.validation_split < 1:
+            raise UserError(f"--validation-split must be in [0, 1), got {self.validation_split!r} (e.g. 0.1 holds "
+                            "out a tenth of the images)")
         if not 0 < self.train_weight_min <= 1:
             raise UserError(f"config key 'train_weight_min' must be in (0, 1], got {self.train_weight_min!r}")
         if not 0 <= self.min_timestep < self.max_timestep <= 1000:

@@ -30,9 +30,11 @@ def thin(points: list[tuple[int, float]], max_points: int = MAX_POINTS) -> list[
     return [points[i] for i in picks]
 
 
-def curve_rows(points: list[tuple[int, float]]) -> dict[str, list]:
-    """Columns for a line plot with two series: ``raw`` and ``smoothed`` losses per step."""
+def curve_rows(points: list[tuple[int, float]], validation: list[tuple[int, float]] = ()) -> dict[str, list]:
+    """Columns for a line plot with the series ``raw`` and ``smoothed`` training losses per step, and the
+    held-out images' loss (``validation``) where it was evaluated."""
     steps = [int(s) for s, _ in points]
     losses = [float(v) for _, v in points]
-    return {"step": steps + steps, "loss": losses + smoothed(losses),
-            "series": ["raw"] * len(steps) + ["smoothed"] * len(steps)}
+    val_steps = [int(s) for s, _ in validation]
+    return {"step": steps + steps + val_steps, "loss": losses + smoothed(losses) + [float(v) for _, v in validation],
+            "series": ["raw"] * len(steps) + ["smoothed"] * len(steps) + ["validation"] * len(val_steps)}

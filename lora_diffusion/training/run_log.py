@@ -23,6 +23,7 @@ class RunLog:
         self.main, self.on_step = run.main, on_step
         self.start_step = run.start_step
         self.losses: list[float] = []
+        self.val_losses: list[tuple[int, float]] = []  # (step, held-out loss) of this process's evaluations
         self.first_step_done: float | None = None
         self.timed_from: tuple[int, float] | None = None
         self.estimate_due = True
@@ -46,22 +47,31 @@ class RunLog:
             print(f"warning: step {step}: NaN/inf loss or gradient; update skipped", file=sys.stderr)
             self.jsonl.write(json.dumps({"step": step, "loss": None, "skipped": "non-finite loss or gradient"}) + "\n")
 
-    def step_done(self, step: int, loss: float, lr: float) -> None:
-        """Step ``step`` finished with ``loss``: timings, the estimate, the log line, the bar."""
+    def step_done(self, step: int, loss: float, lr: float, val_loss: float | None = None) -> None:
+        """Step ``step`` finished with ``loss`` (and the held-out images' ``val_loss`` when evaluated): timings,
+        the estimate, the log line, the bar."""
         self.losses.append(loss)
         self._timings(step)
         if not self.main:
             return
         record = {"step": step, "loss": loss, "lr": lr, "time": round(time.time() - self.clock.started, 3)}
+        if val_loss is not None:
+            record["val_loss"] = val_loss
+            self.val_losses.append((step, val_loss))
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tracker:
             self.tracker.add_scalar("train/loss", loss, step)
             self.tracker.add_scalar("train/lr", lr, step)
+            if val_loss is not None:
+                self.tracker.add_scalar("val/loss", val_loss, step)
         if self.on_step:
             self.on_step(record | {"steps": self.cfg.steps, "elapsed": time.time() - self.clock.started})
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        shown = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
+        if self.val_losses:
+            shown["val"] = f"{self.val_losses[-1][1]:.4f}"
+        self.bar.set_postfix(shown)
 
     def _timings(self, step: int) -> None:
         if step == self.start_step + 1:

@@ -23,14 +23,15 @@ from ..models.loading import load_pipeline
 from ..startup import job_started_at, wait_for_gpu_warmup
 from ..writable import writable_file
 from .ema import LoraEma
-from .optimizers import make_optimizer
 from .checkpoint import changed_settings, checkpoint_curve, find_checkpoint, load_checkpoint, save_checkpoint
 from .conditioning import conditioning_for
 from .config import TrainConfig, to_dict
 from .cuda_graphs import GraphedUNet
 from .lean_activations import lean_feed_forwards
+from .optimizers import make_optimizer
 from .plan import BaseFacts, DeviceFacts, Plan, complete_plan, plan_device
 from .step_inputs import StepInputs, encode_pass_batch
+from .validation_loss import ValidationLoss, split_examples, validation_interval
 
 ADAPTER = "lora"  # the adapter name LoRA layers hold the trained side path under
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -110,6 +111,7 @@ class RunState:
     start_step: int = 0
     prior_curve: list = field(default_factory=list)  # (step, loss) before a resume, from its checkpoint
     ema: LoraEma | None = None  # the average the files are written from (--ema-decay)
+    validation: ValidationLoss | None = None  # the held-out images' loss (--validation-split), main process only
 
     @property
     def main(self) -> bool:
@@ -150,6 +152,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
     examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data")
     require_examples(examples, skipped)
+    examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
     images = sum(e.repeats for e in examples)
     wait_for_gpu_warmup()
     device = DeviceFacts.detect()
@@ -196,6 +199,12 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     data = TrainingData(examples, cfg.resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
                         caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
                         caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
+    # held-out images are encoded now, while the encoders are still on the device
+    validation = (ValidationLoss(held_out, cfg, pipe.vae, conditioning, accelerator.device, cfg.train_text_encoder)
+                  if held_out and main else None)
+    if validation and progress:
+        print(f"validation: {validation.images} of {validation.images + images} images held out; their loss every "
+              f"{validation_interval(cfg.validation_every, cfg.steps)} steps (fixed noise)", file=sys.stderr)
     inputs = _step_inputs(cfg, data, pipe.vae, conditioning, text_encoders, accelerator.device)
     _quantize_base(cfg, model, text_encoders, accelerator.device, precision, main and progress)
     model.to(accelerator.device)
@@ -207,6 +216,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
                    data, inputs, optimizer, lr_scheduler, params, accelerator.num_processes > 1 and bool(cfg.cuda_graphs),
                    paths, clock, images)
     run.ema = LoraEma(params, cfg.ema_decay) if cfg.ema_decay else None
+    run.validation = validation
     run.start_step = _resume(run)
     return run
 

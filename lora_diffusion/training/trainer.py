@@ -24,6 +24,7 @@ from .config import TrainConfig
 from .optimizer_step import NanPolicy, OptimizerStep
 from .run_log import RunLog
 from .run_setup import RunState, load_examples, set_up
+from .validation_loss import validation_interval
 
 __all__ = ["TrainCallbacks", "TrainResult", "load_examples", "train"]
 
@@ -74,7 +75,7 @@ def _train(cfg: TrainConfig, progress: bool, callbacks: TrainCallbacks) -> Train
             if not nan_policy.accept(step, finite):
                 log.skipped(step)
                 continue
-            log.step_done(step, loss, run.lr_scheduler.get_last_lr()[0])
+            log.step_done(step, loss, run.lr_scheduler.get_last_lr()[0], _validation_loss(run, step))
             stop = callbacks.stop_requested()
             _periodic_outputs(run, step, stop, callbacks, log.curve)
             if stop:
@@ -98,6 +99,15 @@ def _train(cfg: TrainConfig, progress: bool, callbacks: TrainCallbacks) -> Train
     checkpoints = run.paths.checkpoints if any(run.paths.checkpoints.glob("checkpoint-*")) else None
     return TrainResult(run.paths.output, completed, log.losses, _seconds(run), run.data.skipped, nan_policy.skipped,
                        peak, log.first_step_s(), run.start_step, removed, checkpoints)
+
+
+def _validation_loss(run: RunState, step: int) -> float | None:
+    """The held-out images' loss when an evaluation is due after ``step`` (and after the last step)."""
+    if run.validation is None:
+        return None
+    if step % validation_interval(run.cfg.validation_every, run.cfg.steps) and step != run.cfg.steps:
+        return None
+    return run.validation(run)
 
 
 def _remove_partials(output: Path) -> list[Path]:

@@ -26,6 +26,10 @@ from .library import LoraLibrary, loss_curve, trigger_words
 # the Train tab's settings: the config keys (the CLI's flags) with their labels; each defaults to "auto"
 TRAIN_FIELDS = {"rank": "Rank", "alpha": "Alpha", "steps": "Steps", "lr": "Learning rate",
                 "resolution": "Resolution (px)"}
+# the Train tab's "More settings": key -> (label, the value a fresh page shows: the CLI's default)
+MORE_TRAIN_FIELDS = {"optimizer": ("Optimizer (its learning rate is derived)", "adamw"),
+                     "ema_decay": ("EMA decay of the LoRA weights (0: off; e.g. 0.99)", "0"),
+                     "validation_split": ("Validation split: share of images held out for a loss curve (0: off)", "0")}
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
 MAX_UPLOAD_MB = 2048
 
@@ -226,7 +230,7 @@ class UiState:
         if s.message:
             text += "\n\n" + _md(s.message)
         # thinned: the page polls every second, and a long run's curve need not travel whole each time
-        return text, s.samples, _curve_frame(thin(s.losses))
+        return text, s.samples, _curve_frame(thin(s.losses), s.val_losses)
 
     # ---- library ----------------------------------------------------------------------------
     def cards(self) -> list[tuple[str, str]]:
@@ -372,15 +376,15 @@ def _merge(state: "UiState", spec: str, new_name: str) -> str:
     return target.stem
 
 
-def _curve_frame(points: list[tuple[int, float]]):
-    """A line plot's data: columns step, loss, series (raw / smoothed); None for no points."""
+def _curve_frame(points: list[tuple[int, float]], validation: list[tuple[int, float]] = ()):
+    """A line plot's data: columns step, loss, series (raw / smoothed / validation); None for no points."""
     import pandas as pd
 
     if not points:
         # None, not an empty frame: a plot whose value was ever an empty frame keeps its untyped fields
         # and draws later curves as a colour gradient with no lines (Gradio 6)
         return None
-    rows = curve_rows(points)
+    rows = curve_rows(points, validation)
     return pd.DataFrame({"step": pd.Series(rows["step"], dtype="int64"), "loss": pd.Series(rows["loss"], dtype="float64"),
                          "series": pd.Series(rows["series"], dtype="string")})
 
@@ -553,6 +557,20 @@ def _compare_panel(lora_names: list[str]) -> dict:
     return c
 
 
+def _more_train_fields(c: dict) -> None:
+    """The Train tab's less common settings, each a key of ``lora-diffusion train`` at the CLI's default."""
+    import gradio as gr
+
+    from ..training.optimizers import OPTIMIZERS
+
+    for key, (label, default) in MORE_TRAIN_FIELDS.items():
+        elem_id = f"train-{key.replace('_', '-')}"
+        if key == "optimizer":
+            c[key] = gr.Dropdown(list(OPTIMIZERS), value=default, label=label, elem_id=elem_id)
+        else:
+            c[key] = gr.Textbox(value=default, label=label, elem_id=elem_id)
+
+
 def _train_tab(state: UiState, base) -> dict:
     """Data, name, the derived-by-default settings, the plan, and the live run; returns its named components."""
     import gradio as gr
@@ -575,6 +593,8 @@ def _train_tab(state: UiState, base) -> dict:
                 for key, label in TRAIN_FIELDS.items():
                     c[key] = gr.Textbox(value="auto", label=label, elem_id=f"train-{key.replace('_', '-')}")
             c["train_te"] = gr.Checkbox(label="Also train the text encoder", value=False)
+            with gr.Accordion("More settings", open=False, elem_id="train-more"):
+                _more_train_fields(c)
             with gr.Row():
                 show_plan = gr.Button("Show the plan", elem_id="train-plan-button")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -584,12 +604,13 @@ def _train_tab(state: UiState, base) -> dict:
             status = gr.Markdown("No training run yet.", elem_id="train-status")
             loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", height=260,
                                     label="Loss (raw and smoothed)", elem_id="train-loss-plot",
-                                    color_map={"raw": "#9ecae1", "smoothed": "#08519c"})
+                                    color_map={"raw": "#9ecae1", "smoothed": "#08519c", "validation": "#e6550d"})
             # a validation image is a strip of one image per prompt: shown whole, one per row
             # square-ish cells a grid can fill, full size on a click (one 240 px column made a wide grid a strip)
             samples = gr.Gallery(label="Validation images (click for full size)", columns=3, height=420,
                                  object_fit="contain", allow_preview=True, elem_id="validation-gallery")
-    fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te")}
+    fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te",
+                                      *MORE_TRAIN_FIELDS)}
     call, inputs = _by_name(state.preview_training, fields | {"base": base})
     show_plan.click(_user_errors(call), inputs=inputs, outputs=plan, concurrency_limit=None)
     call, inputs = _by_name(state.start_training, fields | {"base": base})
@@ -602,7 +623,7 @@ def _train_tab(state: UiState, base) -> dict:
         text, images, frame = state.train_status()
         snapshot = state.job.snapshot()
         steps = len(snapshot.losses)
-        label = f"Loss (raw and smoothed): {steps} step{'s' if steps != 1 else ''}"
+        label = f"Loss (raw and smoothed{', validation' if snapshot.val_losses else ''}): {steps} step{'s' if steps != 1 else ''}"
         return text, images, gr.update(value=frame, label=label), snapshot.plan or gr.update()
 
     c["timer"].tick(live_status, outputs=[status, samples, loss_plot, plan], concurrency_limit=None,

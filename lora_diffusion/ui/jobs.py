@@ -106,6 +106,7 @@ class JobState:
     plan: str = ""  # the printed plan block: previewed at the start, then as derived when the base loaded
     samples: list[str] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finished step
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss) where evaluated
 
 
 class TrainingJob:
@@ -135,6 +136,7 @@ class TrainingJob:
             state = JobState(**vars(self._state))
             state.samples = list(self._state.samples)
             state.losses = list(self._state.losses)
+            state.val_losses = list(self._state.val_losses)
         logs = self.work_dir / state.name / f"{state.name}-logs" / "samples"
         if state.name and logs.is_dir():
             state.samples = [str(p) for p in sorted(logs.glob("*.png"))]
@@ -211,6 +213,8 @@ class TrainingJob:
             self._state.step = step
             self._state.loss = record["loss"]
             self._state.losses.append((step, float(record["loss"])))
+            if record.get("val_loss") is not None:
+                self._state.val_losses.append((step, float(record["val_loss"])))
             self._state.eta_s = self._eta(step, steps, record["elapsed"])
             if self._state.status != "running":
                 return
