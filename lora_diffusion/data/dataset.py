@@ -17,6 +17,7 @@ from PIL import Image
 from ..errors import UserError
 from .folder import Example
 from .images import BadImage, displayed_size, open_rgb
+from .masks import open_mask
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,13 @@ class TrainingData:
 
     def __init__(self, examples: list[Example], resolution: int, *, crop: str = "center", flip: bool = False,
                  bucketing: bool = False, caption_shuffle: bool = False, keep_tokens: int = 1,
-                 caption_dropout: float = 0.0, seed: int = 0, skipped=None):
+                 caption_dropout: float = 0.0, seed: int = 0, skipped=None, masked: bool = False,
+                 alpha_masks: bool = False):
         require_examples(examples, skipped)
         self.items = [e for e in examples for _ in range(e.repeats)]
         self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
         self.caption_shuffle, self.keep_tokens, self.caption_dropout = caption_shuffle, keep_tokens, caption_dropout
+        self.masked, self.alpha_masks = masked, alpha_masks  # masked loss; alpha channels as masks too
         self.bad: dict[str, str] = {}
         self._image_sizes: dict[str, tuple[int, int]] = {}  # path -> (w, h), from headers
         self.skipped = list(skipped or [])
@@ -194,15 +197,34 @@ class TrainingData:
     def pixels(self, index: int, epoch: int, flipped: bool | None = None) -> torch.Tensor:
         """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1].
         ``flipped`` overrides the epoch's flip (to cache both orientations)."""
-        width, height = self.sizes[index]
         image = self._open(index)
+        image = self._place(image, index, epoch, flipped)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def mask(self, index: int, epoch: int, flipped: bool | None = None) -> torch.Tensor:
+        """The example's loss mask, placed exactly as its pixels (resize, crop, flip); 1×H×W in [0, 1], all ones
+        for an image without a mask."""
+        path = self.items[index].path
+        try:
+            size = displayed_size(path)
+            mask = open_mask(path, size, self.alpha_masks)
+        except BadImage as error:
+            raise UserError(f"{path}: {error}; fix or remove the mask") from None
+        if mask is None:
+            width, height = self.sizes[index]
+            return torch.ones(1, height, width)
+        mask = self._place(mask, index, epoch, flipped)
+        return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None].contiguous()
+
+    def _place(self, image: Image.Image, index: int, epoch: int, flipped: bool | None) -> Image.Image:
+        width, height = self.sizes[index]
         place = self.placement(index, epoch, image.size)
         image = image.resize(place.resized, Image.BICUBIC)
         image = image.crop((place.left, place.top, place.left + width, place.top + height))
         if place.flipped if flipped is None else flipped:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return image
 
     def _open(self, index: int) -> Image.Image:
         path = self.items[index].path

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .images import IMAGE_EXTENSIONS, header_problem
+from .masks import MASK_FOLDER
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
@@ -82,7 +83,9 @@ def scan_folder(root: str | Path, caption: str = "", trigger_word: str = "", cap
     skipped: list[tuple[str, str]] = []
     metadata_cache: dict[Path, dict[str, str] | None] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in path.relative_to(root).parts):
+        parts = path.relative_to(root).parts
+        # masks/ folders hold loss masks (data/masks.py), not training images
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in parts) or MASK_FOLDER in parts[:-1]:
             continue
         problem = header_problem(path)  # before captions: a broken file is named as that, not as "no caption"
         if problem:

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..training.objective import Share, draw_noise
+from ..training.objective import Share, draw_noise, masked_mean
 
 TRAINING_GUIDANCE = 1.0  # kohya and SimpleTuner feed dev a guidance of 1 while training
 # FluxPipeline's resolution-dependent shift: μ linear in the image's token count between these points
@@ -81,8 +81,10 @@ class FlowMatchObjective:
 
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float = 0.0, noise_offset: float = 0.0,
-             share: Share | None = None, timesteps: tuple[int, int] | None = None) -> torch.Tensor:
-        """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here)."""
+             share: Share | None = None, timesteps: tuple[int, int] | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here; ``mask``
+        weights latent pixels as ``masked_mean`` says)."""
         b = latents.shape[0]
         share = share or Share(0, b)
         noise = draw_noise(latents, share, generator, noise_offset)
@@ -91,7 +93,7 @@ class FlowMatchObjective:
         noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
         pred = self.predict(denoiser, noisy, sigma, text_states, added_cond_kwargs or {})
         target = noise - latents
-        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).mean()
+        return masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), mask).mean()
 
 
 class FluxObjective(FlowMatchObjective):

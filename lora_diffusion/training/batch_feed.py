@@ -21,6 +21,7 @@ class MicroBatch:
     text_states: torch.Tensor
     added: dict | None  # SDXL's pooled text and size conditioning
     share: Share
+    mask: torch.Tensor | None = None  # B×1×h×w loss weights at the latents' size (--masked-loss)
 
 
 class BatchFeed:
@@ -42,6 +43,7 @@ class BatchFeed:
                          if cuda and not self.inputs.cache_latents else None)
         # uncached latents: the next batch is encoded while this step runs (StepInputs.stage)
         self.lookahead = not self.inputs.cache_latents
+        self.masks: dict[tuple[int, bool], torch.Tensor] = {}  # (index, flipped) -> 1×h×w, fixed placements only
 
     def part(self, index: int) -> tuple[list[int], int, Share]:
         """This process's part of global batch ``index``, its epoch, and where the part sits in the batch."""
@@ -69,7 +71,23 @@ class BatchFeed:
         captions = [data.caption(i, epoch) for i in indices]
         geometries = [data.geometry(i, epoch, p) for i, p in zip(indices, places)]
         states, added = self.inputs.unet_conditioning(captions, geometries, self.train_text)
-        return MicroBatch(latents, states, added, share)
+        mask = self._masks(indices, places, epoch, latents) if data.masked else None
+        return MicroBatch(latents, states, added, share, mask)
+
+    def _masks(self, indices: list[int], places: list, epoch: int, latents: torch.Tensor) -> torch.Tensor:
+        """The samples' loss masks, placed as their pixels and averaged down to the latents' size (a latent pixel
+        counts by the share of its image pixels that do); cached like the latents when the placement is fixed."""
+        out = []
+        for i, place in zip(indices, places):
+            key = (i, place.flipped)
+            mask = self.masks.get(key)
+            if mask is None:
+                pixels = self.data.mask(i, epoch, place.flipped)[None]
+                mask = torch.nn.functional.interpolate(pixels, size=tuple(latents.shape[-2:]), mode="area")[0]
+                if self.data.deterministic:
+                    self.masks[key] = mask
+            out.append(mask)
+        return torch.stack(out).to(latents.device)
 
     def stage_after(self, index: int) -> None:
         """Start encoding the batch after ``index`` (uncached latents only); called while the step runs."""

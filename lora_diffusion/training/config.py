@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "base_precision": BASE_PRECISIONS,
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
+    "masked_loss": ("auto", "on", "off"),
     "nan_policy": ("skip", "stop"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
     "timestep_sampling": ("auto", "uniform", "sigmoid", "logit-normal", "shift", "flux-shift"),
@@ -61,6 +62,7 @@ class TrainConfig:
     crop: str = field(default="center", metadata={"help": "center or random crop"})
     flip: bool = field(default=False, metadata={"help": "random horizontal flip"})
     bucketing: bool | None = field(default=None, metadata={"help": "aspect-ratio buckets for mixed image sizes"})
+    masked_loss: str = field(default="auto", metadata={"help": "weight the loss by per-image masks: a same-name image in a masks/ folder beside the images (white counts, black is ignored): auto (when such files exist), on (also the images' alpha channels), off"})
     train_text_encoder: bool = field(default=False, metadata={"help": "also train LoRA in the text encoder"})
     targets: str | None = field(default=None, metadata={"help": "UNet target preset: attn, attn-ff or full (derived: the base's profile)"})
     text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})

@@ -42,6 +42,17 @@ def draw_noise(latents: torch.Tensor, share: Share, generator: torch.Generator, 
     return noise
 
 
+def masked_mean(error: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Each sample's mean of ``error`` (B×C×h×w) over its pixels, weighted by ``mask`` (B×1×h×w; None: all
+    count): what lies outside the mask adds nothing to the loss and gets no gradient. A sample whose mask is empty
+    adds zero."""
+    if mask is None:
+        return error.mean(dim=(1, 2, 3))
+    mask = mask.to(error.device, error.dtype)
+    weight = mask.sum(dim=(1, 2, 3)) * error.shape[1]
+    return (error * mask).sum(dim=(1, 2, 3)) / weight.clamp_min(1e-8)
+
+
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     alpha = alphas_cumprod.to(timesteps.device)[timesteps]
     return alpha / (1 - alpha)
@@ -50,11 +61,12 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
                    *, added_cond_kwargs: dict | None = None, min_snr_gamma: float = 0.0,
                    noise_offset: float = 0.0, share: Share | None = None,
-                   timesteps: tuple[int, int] | None = None) -> torch.Tensor:
+                   timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
     ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning; ``timesteps`` is the
-    [low, high) range timesteps are drawn from (default: all of the scheduler's).
+    [low, high) range timesteps are drawn from (default: all of the scheduler's); ``mask`` (B×1×h×w at the
+    latents' size) weights each latent pixel's error (``masked_mean``).
     Randomness comes only from ``generator`` (on the CPU, or on the GPU when training there),
     so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
@@ -72,7 +84,7 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r} in the base model's scheduler")
     pred = unet(noisy, timesteps, text_states, added_cond_kwargs=added_cond_kwargs).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), mask)
     if min_snr_gamma:
         ratio = snr(scheduler.alphas_cumprod, timesteps)
         clipped = torch.clamp(ratio, max=min_snr_gamma)
@@ -99,8 +111,8 @@ class DdpmObjective:
 
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share,
-             timesteps: tuple[int, int] | None = None) -> torch.Tensor:
+             timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean loss (see ``denoising_loss``)."""
         return denoising_loss(denoiser, self.scheduler, latents, text_states, generator,
                               added_cond_kwargs=added_cond_kwargs, min_snr_gamma=min_snr_gamma,
-                              noise_offset=noise_offset, share=share, timesteps=timesteps)
+                              noise_offset=noise_offset, share=share, timesteps=timesteps, mask=mask)

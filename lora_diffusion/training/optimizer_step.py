@@ -72,7 +72,8 @@ class OptimizerStep:
                     loss = scale * run.objective.loss(denoiser, batch.latents.to(run.weight_dtype),
                                               batch.text_states, generator, added_cond_kwargs=batch.added,
                                               min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
-                                              share=batch.share, timesteps=(cfg.min_timestep, cfg.max_timestep))
+                                              share=batch.share, timesteps=(cfg.min_timestep, cfg.max_timestep),
+                                              mask=batch.mask)
                 accelerator.backward(loss)
                 if run.own_sync and accelerator.sync_gradients:
                     average_gradients(run.params, accelerator.num_processes)

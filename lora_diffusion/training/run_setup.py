@@ -14,6 +14,7 @@ import torch
 from ..data.dataset import TrainingData, require_examples
 from ..data.folder import scan_folder
 from ..data.hub import load_hub_examples, looks_like_hub_id
+from ..data.masks import masked_loss_mode
 from ..errors import UserError
 from ..families import family_of
 from ..lora.config import LoraConfig
@@ -153,6 +154,7 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data")
     require_examples(examples, skipped)
     examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
+    masked, alpha_masks, found = masked_loss_mode(cfg.masked_loss, [e.path for e in examples])
     images = sum(e.repeats for e in examples)
     wait_for_gpu_warmup()
     device = DeviceFacts.detect()
@@ -196,9 +198,12 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     if main and accelerator.num_processes > 1:
         print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
 
+    if found and main and progress:
+        print(found, file=sys.stderr)
     data = TrainingData(examples, cfg.resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
                         caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
-                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped)
+                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped, masked=masked,
+                        alpha_masks=alpha_masks)
     # held-out images are encoded now, while the encoders are still on the device
     validation = (ValidationLoss(held_out, cfg, pipe.vae, conditioning, accelerator.device, cfg.train_text_encoder)
                   if held_out and main else None)

@@ -29,7 +29,9 @@ TRAIN_FIELDS = {"rank": "Rank", "alpha": "Alpha", "steps": "Steps", "lr": "Learn
 # the Train tab's "More settings": key -> (label, the value a fresh page shows: the CLI's default)
 MORE_TRAIN_FIELDS = {"optimizer": ("Optimizer (its learning rate is derived)", "adamw"),
                      "ema_decay": ("EMA decay of the LoRA weights (0: off; e.g. 0.99)", "0"),
-                     "validation_split": ("Validation split: share of images held out for a loss curve (0: off)", "0")}
+                     "validation_split": ("Validation split: share of images held out for a loss curve (0: off)", "0"),
+                     "masked_loss": ("Masked loss: auto = when a masks/ folder sits beside the images; on = alpha "
+                                     "channels too", "auto")}
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
 MAX_UPLOAD_MB = 2048
 
@@ -561,12 +563,12 @@ def _more_train_fields(c: dict) -> None:
     """The Train tab's less common settings, each a key of ``lora-diffusion train`` at the CLI's default."""
     import gradio as gr
 
-    from ..training.optimizers import OPTIMIZERS
+    from ..training.config import CHOICES
 
     for key, (label, default) in MORE_TRAIN_FIELDS.items():
         elem_id = f"train-{key.replace('_', '-')}"
-        if key == "optimizer":
-            c[key] = gr.Dropdown(list(OPTIMIZERS), value=default, label=label, elem_id=elem_id)
+        if key in CHOICES:
+            c[key] = gr.Dropdown(list(CHOICES[key]), value=default, label=label, elem_id=elem_id)
         else:
             c[key] = gr.Textbox(value=default, label=label, elem_id=elem_id)
 
