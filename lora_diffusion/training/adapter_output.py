@@ -3,6 +3,7 @@ its folder cannot take it) and the validation grids."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from pathlib import Path
@@ -54,26 +55,36 @@ def save_or_rescue(output: Path, checkpoint_dir: Path, save: Callable[[Path], No
                     "and run again with --resume latest") from None
 
 
+@contextlib.contextmanager
+def _sampling(run):
+    """The pipeline ready to draw: encoders that offload_encoders moved off the GPU back briefly, the weights as
+    the files hold them (schedule-free's average); training mode again afterwards."""
+    device = run.denoiser.model.device
+    models = [m for m in run.pipe.components.values()
+              if isinstance(m, torch.nn.Module) and m is not run.denoiser.model]
+    offloaded = [m for m in models if m.device != device]
+    for model in offloaded:
+        model.to(device)
+    try:
+        with evaluation_weights(run.optimizer):
+            yield run.pipe
+    finally:
+        for model in offloaded:
+            model.to("cpu")
+        run.denoiser.prepared.train()
+
+
 @torch.no_grad()
 def validation_grid(run, path: Path) -> None:
     """A near-square grid of images (2×2 for four), a prompt each (the configured ones, or the first four captions),
     at the run's size: a row of four was a strip the UI's gallery showed a quarter high."""
     from PIL import Image
 
-    cfg, pipe, resolution = run.cfg, run.pipe, run.cfg.resolution
+    cfg, resolution = run.cfg, run.cfg.resolution
     prompts = cfg.validation_prompts or list(dict.fromkeys(e.caption for e in run.data.items))[:4]
-    device = run.denoiser.model.device
-    models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module) and m is not run.denoiser.model]
-    offloaded = [m for m in models if m.device != device]
-    for model in offloaded:  # offload_encoders moved them off the GPU; sampling needs them back briefly
-        model.to(device)
-    try:
-        with evaluation_weights(run.optimizer):
-            images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
-                          generator=torch.Generator().manual_seed(cfg.seed)).images
-    finally:
-        for model in offloaded:
-            model.to("cpu")
+    with _sampling(run) as pipe:
+        images = pipe(prompts, num_inference_steps=cfg.validation_steps, height=resolution, width=resolution,
+                      generator=torch.Generator().manual_seed(cfg.seed)).images
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     grid = Image.new("RGB", (resolution * columns, resolution * rows), "white")
@@ -81,4 +92,23 @@ def validation_grid(run, path: Path) -> None:
         grid.paste(image, ((i % columns) * resolution, (i // columns) * resolution))
     with atomic_write(path) as tmp:
         grid.save(tmp, format="PNG")
-    run.denoiser.prepared.train()
+
+
+@torch.no_grad()
+def prompt_samples(run, folder: Path, step: int) -> list[Path]:
+    """One image per line of ``--sample-prompts`` (kohya's format), each with its own size, seed, CFG and steps,
+    saved as ``step_NNNNNN-KK.png`` with A1111's parameters (the LoRA at weight 1 named in them)."""
+    from ..generation.params import GenerationParams, save_png
+
+    written = []
+    with _sampling(run) as pipe:
+        for k, p in enumerate(run.sample_prompts):
+            image = pipe(p.prompt, negative_prompt=p.negative or None, num_inference_steps=p.steps,
+                         guidance_scale=p.cfg_scale, height=p.height, width=p.width,
+                         generator=torch.Generator().manual_seed(p.seed)).images[0]
+            params = GenerationParams(prompt=p.prompt, negative_prompt=p.negative, steps=p.steps,
+                                      sampler=type(pipe.scheduler).__name__, cfg_scale=p.cfg_scale, seed=p.seed,
+                                      width=p.width, height=p.height, model=Path(run.cfg.base).name or "builtin",
+                                      loras=[(run.paths.output.stem, 1.0)])
+            written.append(save_png(image, folder / f"step_{step:06d}-{k:02d}.png", params))
+    return written

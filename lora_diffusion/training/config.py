@@ -104,6 +104,7 @@ class TrainConfig:
     checkpoints_to_keep: int = field(default=2, metadata={"help": "keep only the newest N checkpoints"})
     save_every: int = field(default=0, metadata={"help": "write an intermediate adapter every N steps"})
     sample_every: int = field(default=0, metadata={"help": "validation grid every N steps (0: off)"})
+    sample_prompts: str = field(default="", metadata={"help": "a kohya-format prompt file (one prompt a line; --n negative, --w/--h size, --d seed, --l CFG, --s steps): one image per line every --sample-every steps and after the last, saved with A1111 parameters"})
     validation_prompts: list[str] = field(default_factory=list, metadata={"help": "prompts for validation grids"})
     validation_steps: int = field(default=20, metadata={"help": "denoising steps for validation images"})
     resume: str = field(default="", metadata={"help": "latest or a checkpoint folder"})

@@ -31,6 +31,7 @@ from .cuda_graphs import GraphedUNet
 from .lean_activations import lean_feed_forwards
 from .optimizers import make_optimizer
 from .plan import BaseFacts, DeviceFacts, Plan, complete_plan, plan_device
+from .sample_prompts import parse_sample_prompts
 from .step_inputs import StepInputs, encode_pass_batch
 from .validation_loss import ValidationLoss, split_examples, validation_interval
 
@@ -113,6 +114,7 @@ class RunState:
     prior_curve: list = field(default_factory=list)  # (step, loss) before a resume, from its checkpoint
     ema: LoraEma | None = None  # the average the files are written from (--ema-decay)
     validation: ValidationLoss | None = None  # the held-out images' loss (--validation-split), main process only
+    sample_prompts: list = field(default_factory=list)  # --sample-prompts, parsed (SamplePrompt)
 
     @property
     def main(self) -> bool:
@@ -155,6 +157,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     require_examples(examples, skipped)
     examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
     masked, alpha_masks, found = masked_loss_mode(cfg.masked_loss, [e.path for e in examples])
+    if cfg.sample_prompts:  # a mistake in the file is found before any model loads
+        _sample_prompts(cfg, 512)
     images = sum(e.repeats for e in examples)
     wait_for_gpu_warmup()
     device = DeviceFacts.detect()
@@ -222,8 +226,17 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
                    paths, clock, images)
     run.ema = LoraEma(params, cfg.ema_decay) if cfg.ema_decay else None
     run.validation = validation
+    run.sample_prompts = _sample_prompts(cfg, cfg.resolution) if cfg.sample_prompts else []
     run.start_step = _resume(run)
     return run
+
+
+def _sample_prompts(cfg: TrainConfig, size: int) -> list:
+    """The ``--sample-prompts`` file's prompts, options left out taking the run's size, steps, seed and CFG."""
+    from ..generation.defaults import DEFAULT_CFG
+
+    return parse_sample_prompts(cfg.sample_prompts, size=size, steps=cfg.validation_steps, seed=cfg.seed,
+                                cfg_scale=DEFAULT_CFG)
 
 
 def _place_frozen(model, vae, text_encoders: dict, device: torch.device, weight_dtype: torch.dtype) -> None:

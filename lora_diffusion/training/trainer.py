@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import Interrupted
-from .adapter_output import save_or_rescue, save_trained, validation_grid
+from .adapter_output import prompt_samples, save_or_rescue, save_trained, validation_grid
 from .batch_feed import BatchFeed
 from .callbacks import TrainCallbacks
 from .config import TrainConfig
@@ -91,7 +91,9 @@ def _train(cfg: TrainConfig, progress: bool, callbacks: TrainCallbacks) -> Train
     if run.main:
         save_or_rescue(run.paths.output, run.paths.checkpoints,
                        lambda path: save_trained(run, path, completed, log.curve()))
-        if cfg.sample_every:
+        if run.sample_prompts:
+            prompt_samples(run, run.paths.logs / "samples", completed)
+        elif cfg.sample_every:
             validation_grid(run, run.paths.logs / "samples" / "final.png")
     log.close()
     peak = torch.cuda.max_memory_allocated() / 2**30 if run.accelerator.device.type == "cuda" else None
@@ -135,8 +137,11 @@ def _periodic_outputs(run: RunState, step: int, stop: bool, callbacks: TrainCall
     if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
         output = run.paths.output
         save_trained(run, output.with_name(f"{output.stem}-step{step:06d}.safetensors"), step)
-    if cfg.sample_every and step % cfg.sample_every == 0:
-        validation_grid(run, run.paths.logs / "samples" / f"step_{step:06d}.png")
+    if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+        if run.sample_prompts:
+            prompt_samples(run, run.paths.logs / "samples", step)
+        else:
+            validation_grid(run, run.paths.logs / "samples" / f"step_{step:06d}.png")
 
 
 def _save_interrupted(run: RunState, completed: int, curve: list[tuple[int, float]]) -> None:
