@@ -95,5 +95,9 @@ def test_more_settings_reach_the_run_and_their_defaults_are_the_clis(state, data
     assert preview_plan(cfg)[0].config.lr == 1.0  # Prodigy's own scale, derived as the CLI does
     cli = config_from_args(build_parser().parse_args(
         ["train", "--data", str(data), "--output", str(tmp_path / "cli.safetensors")]))
+    prompts = "a cat --w 48 --d 3\nthe same cat --n dog"
+    state.start_training("theirs", None, str(data), "", "", False, "builtin", **(AUTO | {"sample_prompts": prompts}))
+    state.job.wait()
+    assert open(state.started[1].sample_prompts).read() == prompts + "\n"  # the file the trainer reads
     assert {key: getattr(cli, key) for key in MORE_TRAIN_FIELDS} == {
         key: type(getattr(cli, key))(default) for key, (_, default) in MORE_TRAIN_FIELDS.items()}

@@ -31,7 +31,9 @@ MORE_TRAIN_FIELDS = {"optimizer": ("Optimizer (its learning rate is derived)", "
                      "ema_decay": ("EMA decay of the LoRA weights (0: off; e.g. 0.99)", "0"),
                      "validation_split": ("Validation split: share of images held out for a loss curve (0: off)", "0"),
                      "masked_loss": ("Masked loss: auto = when a masks/ folder sits beside the images; on = alpha "
-                                     "channels too", "auto")}
+                                     "channels too", "auto"),
+                     "sample_prompts": ("Sample prompts, one a line (kohya's options: --n negative, --w/--h size, "
+                                        "--d seed, --l CFG, --s steps); drawn with the validation images", "")}
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
 MAX_UPLOAD_MB = 2048
 
@@ -199,9 +201,18 @@ class UiState:
         cfg = TrainConfig(base=self.checked_base(base), caption=caption or "", trigger_word=(trigger or "").strip(),
                           train_text_encoder=bool(train_te), validation_steps=12,
                           validation_prompts=[p for p in [(trigger or caption or "").strip()] if p])
+        prompts = str(settings.pop("sample_prompts", "") or "").strip()
         values = {key: "auto" if str(value).strip() in ("", "auto") else str(value).strip()
                   for key, value in settings.items()}
-        return apply_values(cfg, values, "Train tab")
+        cfg = apply_values(cfg, values, "Train tab")
+        if prompts:  # kohya's prompt-file lines, kept as the file the trainer reads
+            import hashlib
+
+            path = self.job.work_dir / "sample-prompts" / f"{hashlib.sha256(prompts.encode()).hexdigest()[:16]}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(prompts[:100_000] + "\n", encoding="utf-8")
+            cfg.sample_prompts = str(path)
+        return cfg
 
     def preview_training(self, name: str, files: list | None, folder: str, caption: str, trigger: str,
                          train_te: bool, base: str, **settings: str) -> str:
@@ -569,6 +580,8 @@ def _more_train_fields(c: dict) -> None:
         elem_id = f"train-{key.replace('_', '-')}"
         if key in CHOICES:
             c[key] = gr.Dropdown(list(CHOICES[key]), value=default, label=label, elem_id=elem_id)
+        elif key == "sample_prompts":
+            c[key] = gr.Textbox(value=default, label=label, lines=3, elem_id=elem_id)
         else:
             c[key] = gr.Textbox(value=default, label=label, elem_id=elem_id)
 
