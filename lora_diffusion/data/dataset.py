@@ -102,12 +102,15 @@ class TrainingData:
     def __init__(self, examples: list[Example], resolution: int, *, crop: str = "center", flip: bool = False,
                  bucketing: bool = False, caption_shuffle: bool = False, keep_tokens: int = 1,
                  caption_dropout: float = 0.0, seed: int = 0, skipped=None, masked: bool = False,
-                 alpha_masks: bool = False):
+                 alpha_masks: bool = False, subsets: list | None = None):
         require_examples(examples, skipped)
         self.items = [e for e in examples for _ in range(e.repeats)]
         self.resolution, self.crop, self.flip, self.seed = resolution, crop, flip, seed
         self.caption_shuffle, self.keep_tokens, self.caption_dropout = caption_shuffle, keep_tokens, caption_dropout
         self.masked, self.alpha_masks = masked, alpha_masks  # masked loss; alpha channels as masks too
+        self.subsets = subsets or []  # a dataset config's Subset list: per-subset caption/flip options, reg sets
+        self.flip = flip or any(s.flip for s in self.subsets)  # any image may be flipped: both are cached
+        self._flip_default = flip
         self.bad: dict[str, str] = {}
         self._image_sizes: dict[str, tuple[int, int]] = {}  # path -> (w, h), from headers
         self.skipped = list(skipped or [])
@@ -127,13 +130,36 @@ class TrainingData:
 
     @property
     def fixed_captions(self) -> bool:
-        return not self.caption_shuffle
+        return not any(self._option(i, "caption_shuffle", self.caption_shuffle) for i in self._subset_heads())
+
+    def _subset_heads(self) -> list[int]:
+        """One item index per subset present (per-subset options are the same within a subset)."""
+        heads: dict[int, int] = {}
+        for i, e in enumerate(self.items):
+            heads.setdefault(e.subset, i)
+        return list(heads.values())
+
+    def _option(self, index: int, name: str, default):
+        """Item ``index``'s subset's value of ``name``, or ``default`` (the run's) where it sets none."""
+        if not self.subsets:
+            return default
+        value = getattr(self.subsets[self.items[index].subset], name)
+        return default if value is None else value
+
+    def is_reg(self, index: int) -> bool:
+        """Whether item ``index`` is a regularization (class) image."""
+        return bool(self.subsets) and self.subsets[self.items[index].subset].is_reg
+
+    @property
+    def has_reg(self) -> bool:
+        return any(self.is_reg(i) for i in self._subset_heads())
 
     def possible_captions(self) -> list[str]:
         """Every caption a step can see when captions are fixed: each example's, and the empty one
         that caption dropout substitutes."""
         captions = list(dict.fromkeys(e.caption for e in self.items))
-        return captions + ([""] if self.caption_dropout and "" not in captions else [])
+        dropout = any(self._option(i, "caption_dropout", self.caption_dropout) for i in self._subset_heads())
+        return captions + ([""] if dropout and "" not in captions else [])
 
     def _assign_buckets(self) -> list[tuple[int, int]]:
         sizes = bucket_sizes(self.resolution)
@@ -167,7 +193,7 @@ class TrainingData:
             left, top = rng.randint(0, new[0] - width), rng.randint(0, new[1] - height)
         else:
             left, top = (new[0] - width) // 2, (new[1] - height) // 2
-        flipped = self.flip and rng.random() < 0.5
+        flipped = self._option(index, "flip", self._flip_default) and rng.random() < 0.5
         return Placement(new, left, top, flipped)
 
     def geometry(self, index: int, epoch: int, place: Placement | None = None) -> Geometry:
@@ -192,7 +218,9 @@ class TrainingData:
 
     def caption(self, index: int, epoch: int) -> str:
         rng = _rng(self.seed, 43, epoch, index)
-        return process_caption(self.items[index].caption, rng, self.caption_shuffle, self.keep_tokens, self.caption_dropout)
+        return process_caption(self.items[index].caption, rng, self._option(index, "caption_shuffle", self.caption_shuffle),
+                               self._option(index, "keep_tokens", self.keep_tokens),
+                               self._option(index, "caption_dropout", self.caption_dropout))
 
     def pixels(self, index: int, epoch: int, flipped: bool | None = None) -> torch.Tensor:
         """The example's image, resized to cover its bucket, cropped and maybe flipped; 3×H×W in [-1, 1].

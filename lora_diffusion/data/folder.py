@@ -17,11 +17,13 @@ _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
 @dataclass(frozen=True)
 class Example:
-    """One image and its caption; ``repeats`` from kohya's ``N_name`` folders."""
+    """One image and its caption; ``repeats`` from kohya's ``N_name`` folders; ``subset``: its place in a dataset
+    config's list (``data/dataset_config.py``; 0 without one)."""
 
     path: str
     caption: str
     repeats: int = 1
+    subset: int = 0
 
 
 @dataclass

@@ -82,9 +82,9 @@ class FlowMatchObjective:
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float = 0.0, noise_offset: float = 0.0,
              share: Share | None = None, timesteps: tuple[int, int] | None = None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+             mask: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean flow-matching loss (``min_snr_gamma`` is a DDPM weighting: not used here; ``mask``
-        weights latent pixels as ``masked_mean`` says)."""
+        weights latent pixels as ``masked_mean`` says, ``sample_weights`` each sample's loss)."""
         b = latents.shape[0]
         share = share or Share(0, b)
         noise = draw_noise(latents, share, generator, noise_offset)
@@ -93,7 +93,10 @@ class FlowMatchObjective:
         noisy = (1 - sigma.view(b, 1, 1, 1)) * latents + sigma.view(b, 1, 1, 1) * noise
         pred = self.predict(denoiser, noisy, sigma, text_states, added_cond_kwargs or {})
         target = noise - latents
-        return masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), mask).mean()
+        loss = masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), mask)
+        if sample_weights is not None:
+            loss = loss * sample_weights.to(loss.device, loss.dtype)
+        return loss.mean()
 
 
 class FluxObjective(FlowMatchObjective):

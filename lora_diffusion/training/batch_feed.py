@@ -22,6 +22,7 @@ class MicroBatch:
     added: dict | None  # SDXL's pooled text and size conditioning
     share: Share
     mask: torch.Tensor | None = None  # B×1×h×w loss weights at the latents' size (--masked-loss)
+    weights: torch.Tensor | None = None  # B: each sample's loss weight (regularization images: --prior-loss-weight)
 
 
 class BatchFeed:
@@ -31,6 +32,7 @@ class BatchFeed:
     def __init__(self, run):
         cfg, accelerator = run.cfg, run.accelerator
         self.data, self.inputs, self.train_text = run.data, run.inputs, cfg.train_text_encoder
+        self.prior_weight = cfg.prior_loss_weight
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.per_step = cfg.batch_size * self.world  # the global batch, split across processes
         # the number of batches per epoch does not depend on the shuffle, so it is computed once
@@ -72,7 +74,9 @@ class BatchFeed:
         geometries = [data.geometry(i, epoch, p) for i, p in zip(indices, places)]
         states, added = self.inputs.unet_conditioning(captions, geometries, self.train_text)
         mask = self._masks(indices, places, epoch, latents) if data.masked else None
-        return MicroBatch(latents, states, added, share, mask)
+        weights = (torch.tensor([self.prior_weight if data.is_reg(i) else 1.0 for i in indices], device=latents.device)
+                   if data.has_reg else None)
+        return MicroBatch(latents, states, added, share, mask, weights)
 
     def _masks(self, indices: list[int], places: list, epoch: int, latents: torch.Tensor) -> torch.Tensor:
         """The samples' loss masks, placed as their pixels and averaged down to the latents' size (a latent pixel

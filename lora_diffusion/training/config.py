@@ -40,6 +40,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class TrainConfig:
     """Everything one LoRA training run needs. Each field is a YAML key and a ``--flag``."""
 
+    dataset_config: str = field(default="", metadata={"help": "a dataset config with several subsets instead of --data: our YAML or kohya's TOML (folder/image_dir, repeats/num_repeats, trigger_word/class_tokens, caption options, flip, is_reg)"})
+    prior_loss_weight: float = field(default=1.0, metadata={"help": "the loss weight of regularization (class) images: is_reg subsets and --reg-generate's images"})
+    reg_generate: int = field(default=0, metadata={"help": "make this many class images of --class-prompt with the base itself (once, cached beside the data) and train on them as regularization images"})
+    class_prompt: str = field(default="", metadata={"help": "the prompt of --reg-generate's class images, e.g. 'a photo of a dog'"})
     data: str = field(default="", metadata={"help": "image folder (.txt captions, N_name repeat folders, metadata.jsonl/csv) or a hub dataset id"})
     output: str = field(default="", metadata={"help": "adapter file to write (.safetensors)"})
     base: str = field(default="builtin", metadata={"help": "builtin, a diffusers folder, a .safetensors checkpoint, or a hub id"})
@@ -117,8 +121,16 @@ class TrainConfig:
 
         Keys still ``None`` are derived later (``plan.derive_plan``) and are not checked here.
         """
-        if not self.data:
+        if not self.data and not self.dataset_config:
             raise UserError("train: no data given; pass --data DIR (a folder of images) or set data: in the config")
+        if self.data and self.dataset_config:
+            raise UserError("--data and --dataset-config both given: the dataset config lists its folders; "
+                            "give one of them")
+        if self.reg_generate and not self.class_prompt.strip():
+            raise UserError("--reg-generate needs --class-prompt: the prompt of the class images (e.g. 'a photo of "
+                            "a dog')")
+        if self.reg_generate < 0 or self.prior_loss_weight < 0:
+            raise UserError("--reg-generate and --prior-loss-weight must not be negative")
         if not self.output:
             raise UserError("train: no output given; pass --output FILE.safetensors")
         if not self.output.endswith(".safetensors"):

@@ -61,12 +61,14 @@ def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
 def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator,
                    *, added_cond_kwargs: dict | None = None, min_snr_gamma: float = 0.0,
                    noise_offset: float = 0.0, share: Share | None = None,
-                   timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                   timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss of predicting noise (epsilon) or velocity (v_prediction), per the scheduler config.
 
     ``added_cond_kwargs`` carries SDXL's pooled text embedding and size conditioning; ``timesteps`` is the
     [low, high) range timesteps are drawn from (default: all of the scheduler's); ``mask`` (B×1×h×w at the
-    latents' size) weights each latent pixel's error (``masked_mean``).
+    latents' size) weights each latent pixel's error (``masked_mean``); ``sample_weights`` (B) each sample's loss
+    (regularization images at ``--prior-loss-weight``).
     Randomness comes only from ``generator`` (on the CPU, or on the GPU when training there),
     so a step's loss is a pure function of its inputs and the generator's seed: resumed runs match.
     """
@@ -91,6 +93,8 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, text_states: torch.Te
         # Hang et al. 2023: min(SNR, γ)/SNR for epsilon, min(SNR, γ)/(SNR + 1) for v
         weight = clipped / ratio if prediction_type == "epsilon" else clipped / (ratio + 1)
         loss = loss * weight
+    if sample_weights is not None:
+        loss = loss * sample_weights.to(loss.device, loss.dtype)
     return loss.mean()
 
 
@@ -111,8 +115,10 @@ class DdpmObjective:
 
     def loss(self, denoiser, latents: torch.Tensor, text_states: torch.Tensor, generator: torch.Generator, *,
              added_cond_kwargs: dict | None, min_snr_gamma: float, noise_offset: float, share: Share,
-             timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+             timesteps: tuple[int, int] | None = None, mask: torch.Tensor | None = None,
+             sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean loss (see ``denoising_loss``)."""
         return denoising_loss(denoiser, self.scheduler, latents, text_states, generator,
                               added_cond_kwargs=added_cond_kwargs, min_snr_gamma=min_snr_gamma,
-                              noise_offset=noise_offset, share=share, timesteps=timesteps, mask=mask)
+                              noise_offset=noise_offset, share=share, timesteps=timesteps, mask=mask,
+                              sample_weights=sample_weights)

@@ -73,7 +73,7 @@ class OptimizerStep:
                                               batch.text_states, generator, added_cond_kwargs=batch.added,
                                               min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset,
                                               share=batch.share, timesteps=(cfg.min_timestep, cfg.max_timestep),
-                                              mask=batch.mask)
+                                              mask=batch.mask, sample_weights=batch.weights)
                 accelerator.backward(loss)
                 if run.own_sync and accelerator.sync_gradients:
                     average_gradients(run.params, accelerator.num_processes)

@@ -11,14 +11,14 @@ from ..data.dataset import require_examples
 from ..models.base_configs import read_base_configs
 from .config import TrainConfig
 from .plan import BaseFacts, DeviceFacts, Plan, derive_plan
-from .run_setup import load_examples
+from .run_setup import dataset_of, load_examples
 
 
 def preview_plan(cfg: TrainConfig, device: DeviceFacts | None = None) -> tuple[Plan | None, str]:
     """(the plan, its printed block) for ``cfg``; (None, why) when only loading the base can tell its facts."""
     cfg.validate()
     with tempfile.TemporaryDirectory(prefix="lora-diffusion-preview-") as cache:
-        examples, skipped = load_examples(cfg, Path(cache))
+        examples, skipped = load_examples(cfg, Path(cache), dataset_of(cfg))
     require_examples(examples, skipped)
     images = sum(e.repeats for e in examples)
     configs = read_base_configs(cfg.base)

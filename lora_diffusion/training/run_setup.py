@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from ..data.dataset import TrainingData, require_examples
-from ..data.folder import scan_folder
+from ..data.dataset_config import DatasetConfig, Subset, load_dataset_config
+from ..data.folder import Example, scan_folder
 from ..data.hub import load_hub_examples, looks_like_hub_id
 from ..data.masks import masked_loss_mode
 from ..errors import UserError
@@ -131,8 +132,31 @@ class RunState:
             model.train()
 
 
-def load_examples(cfg: TrainConfig, cache: Path):
-    """The examples (image, caption, repeats) of ``cfg.data`` — a folder or a hub dataset — and skipped files."""
+def dataset_of(cfg: TrainConfig) -> DatasetConfig | None:
+    """``--dataset-config``'s subsets, its run-level keys (resolution, batch size, bucketing) taken where ``cfg``
+    leaves them to the plan; None without one."""
+    if not cfg.dataset_config:
+        return None
+    dataset = load_dataset_config(cfg.dataset_config)
+    for key, value in dataset.settings.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    return dataset
+
+
+def load_examples(cfg: TrainConfig, cache: Path, dataset: DatasetConfig | None = None):
+    """The examples (image, caption, repeats) of ``cfg.data`` — a folder or a hub dataset — or of each subset of
+    ``dataset``, and skipped files."""
+    if dataset is not None:
+        examples, skipped = [], []
+        for number, subset in enumerate(dataset.subsets):
+            scan = scan_folder(subset.folder, subset.caption or cfg.caption, subset.trigger_word or cfg.trigger_word,
+                               subset.caption_extension)
+            examples += [Example(e.path, e.caption, e.repeats * subset.repeats, number) for e in scan.examples]
+            skipped += scan.skipped
+        for path, reason in skipped:
+            print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+        return examples, skipped
     if looks_like_hub_id(cfg.data):
         examples, skipped = load_hub_examples(cfg.data, cache), []
         examples = [e if e.caption else type(e)(e.path, cfg.caption or cfg.trigger_word, e.repeats) for e in examples]
@@ -141,6 +165,21 @@ def load_examples(cfg: TrainConfig, cache: Path):
     for path, reason in scan.skipped:
         print(f"warning: skipping {path}: {reason}", file=sys.stderr)
     return scan.examples, scan.skipped
+
+
+def subset_shares(dataset: DatasetConfig, examples: list) -> str:
+    """The printed lines: each subset's images, repeats and share of an epoch."""
+    total = sum(e.repeats for e in examples) or 1
+    lines = []
+    for number, subset in enumerate(dataset.subsets):
+        own = [e for e in examples if e.subset == number]
+        seen = sum(e.repeats for e in own)
+        kind = "regularization" if subset.is_reg else "training"
+        lines.append(f"  subset {number + 1}: {subset.folder} ({kind}): {len(own)} images × {subset.repeats} repeats "
+                     f"= {seen} per epoch, {100 * seen / total:.0f}% of it")
+    if dataset.ignored:
+        lines.append(f"  kohya keys read and not used here: {', '.join(dataset.ignored)}")
+    return "dataset config:\n" + "\n".join(lines)
 
 
 def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None] | None = None) -> RunState:
@@ -153,7 +192,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     writable_file(cfg.output, "--output")
     paths = RunPaths.of(cfg)
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
-    examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data")
+    dataset = dataset_of(cfg)
+    examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data", dataset)
     require_examples(examples, skipped)
     examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
     masked, alpha_masks, found = masked_loss_mode(cfg.masked_loss, [e.path for e in examples])
@@ -195,6 +235,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     _place_frozen(model, pipe.vae, text_encoders, accelerator.device, weight_dtype)
     clock.mark("encoders to the device")
 
+    if cfg.reg_generate:
+        dataset = _add_class_images(cfg, pipe, accelerator, dataset, examples, main and progress)
     trainable_text = {role: text_encoders[role] for role in family.text_encoders if role in text_encoders}
     trained = _inject_lora(cfg, model, trainable_text, family.target_presets)
     if main and progress:
@@ -204,10 +246,12 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
 
     if found and main and progress:
         print(found, file=sys.stderr)
+    if dataset is not None and main and progress:
+        print(subset_shares(dataset, examples), file=sys.stderr)
     data = TrainingData(examples, cfg.resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
                         caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
                         caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped, masked=masked,
-                        alpha_masks=alpha_masks)
+                        alpha_masks=alpha_masks, subsets=dataset.subsets if dataset else None)
     # held-out images are encoded now, while the encoders are still on the device
     validation = (ValidationLoss(held_out, cfg, pipe.vae, conditioning, accelerator.device, cfg.train_text_encoder)
                   if held_out and main else None)
@@ -229,6 +273,28 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     run.sample_prompts = _sample_prompts(cfg, cfg.resolution) if cfg.sample_prompts else []
     run.start_step = _resume(run)
     return run
+
+
+def _add_class_images(cfg: TrainConfig, pipe, accelerator, dataset: DatasetConfig | None, examples: list,
+                      report: bool) -> DatasetConfig:
+    """``--reg-generate``: the class images (made by the base now, before any LoRA, when missing; by the main
+    process, the others waiting) joined to the examples as a regularization subset; a plain --data folder becomes
+    subset 1."""
+    from ..data.class_images import class_image_folder, make_class_images
+    from ..families import generation_defaults_of_base
+
+    dataset = dataset or DatasetConfig([Subset(cfg.data)], {}, [])
+    if accelerator.is_main_process:
+        defaults = generation_defaults_of_base(cfg.base)
+        pipe.to(accelerator.device)
+        make_class_images(pipe, cfg, defaults.steps, defaults.cfg, report)
+    accelerator.wait_for_everyone()
+    subset = Subset(str(class_image_folder(cfg)), is_reg=True)
+    number = len(dataset.subsets)
+    dataset.subsets.append(subset)
+    scan = scan_folder(subset.folder, cfg.class_prompt)
+    examples += [Example(e.path, e.caption, 1, number) for e in scan.examples]
+    return dataset
 
 
 def _sample_prompts(cfg: TrainConfig, size: int) -> list:
