@@ -101,3 +101,25 @@ def test_more_settings_reach_the_run_and_their_defaults_are_the_clis(state, data
     assert open(state.started[1].sample_prompts).read() == prompts + "\n"  # the file the trainer reads
     assert {key: getattr(cli, key) for key in MORE_TRAIN_FIELDS} == {
         key: type(getattr(cli, key))(default) for key, (_, default) in MORE_TRAIN_FIELDS.items()}
+
+
+def test_a_dataset_config_on_the_server_trains_with_its_subsets(state, data, tmp_path):
+    config = tmp_path / "dataset.yaml"
+    config.write_text(f"subsets:\n  - folder: {data}\n    repeats: 2\n")
+    shown = state.preview_training("mine", None, "", "", "", False, "builtin", **(AUTO | {"dataset_config": str(config)}))
+    assert shown.startswith("plan: profile builtin (profiles/builtin.yaml), 12 images")  # 6 images × 2 repeats
+
+
+def test_a_confined_server_reads_no_dataset_config_outside_its_data_dir(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(jobs.TrainingJob, "_run", lambda self, cfg, final: None)
+    ui = UiState(str(tmp_path / "loras"), out_dir=str(tmp_path / "out"), device="cpu", confine_paths=True,
+                 data_dir=str(data))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "dataset.yaml").write_text(f"subsets:\n  - folder: {data}\n")
+    with pytest.raises(UserError, match="is not offered by this server"):
+        ui.start_training("x", None, "", "", "", False, "builtin", **(AUTO | {"dataset_config": str(outside / "dataset.yaml")}))
+    inside = data / "dataset.yaml"
+    inside.write_text(f"subsets:\n  - folder: {outside}\n")  # inside, but naming a folder outside
+    with pytest.raises(UserError, match="is not offered by this server"):
+        ui.start_training("x", None, "", "", "", False, "builtin", **(AUTO | {"dataset_config": str(inside)}))

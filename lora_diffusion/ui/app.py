@@ -32,6 +32,9 @@ MORE_TRAIN_FIELDS = {"optimizer": ("Optimizer (its learning rate is derived)", "
                      "validation_split": ("Validation split: share of images held out for a loss curve (0: off)", "0"),
                      "masked_loss": ("Masked loss: auto = when a masks/ folder sits beside the images; on = alpha "
                                      "channels too", "auto"),
+                     "dataset_config": ("…or a dataset config on the server (YAML, or kohya's TOML): several "
+                                        "subsets with repeats, captions, regularization images", ""),
+                     "prior_loss_weight": ("Loss weight of regularization (class) images", "1"),
                      "sample_prompts": ("Sample prompts, one a line (kohya's options: --n negative, --w/--h size, "
                                         "--d seed, --l CFG, --s steps); drawn with the validation images", "")}
 LORA_SLOTS = 4  # LoRA rows on the Generate tab, like A1111's additional-networks panel
@@ -86,6 +89,18 @@ class UiState:
             raise UserError(f"image folder {folder!r} is not offered by this server; upload the images instead "
                             "(while others can reach it, the server reads folders only inside --data-dir)")
         return folder
+
+    def checked_dataset_config(self, path: str) -> str:
+        """A dataset config on the server a request may train with: when confined, the file and every folder it
+        lists inside --data-dir."""
+        from ..data.dataset_config import load_dataset_config
+
+        if not self.confine_paths:
+            return path
+        self.checked_folder(str(Path(path).parent))  # before the file is read
+        for subset in load_dataset_config(path).subsets:
+            self.checked_folder(subset.folder)
+        return path
 
     def base_choices(self) -> list[str]:
         """builtin, the configured base, and diffusers folders / .safetensors checkpoints in the models folder."""
@@ -204,7 +219,10 @@ class UiState:
         prompts = str(settings.pop("sample_prompts", "") or "").strip()
         values = {key: "auto" if str(value).strip() in ("", "auto") else str(value).strip()
                   for key, value in settings.items()}
+        dataset_config = values.pop("dataset_config", "auto")
         cfg = apply_values(cfg, values, "Train tab")
+        if dataset_config != "auto":
+            cfg.dataset_config = self.checked_dataset_config(dataset_config)
         if prompts:  # kohya's prompt-file lines, kept as the file the trainer reads
             import hashlib
 

@@ -166,7 +166,7 @@ class TrainingJob:
             if stale.exists():
                 shutil.rmtree(stale)
         try:
-            cfg.data = str(prepare_data(uploads, folder, upload_dir))
+            cfg.data = "" if cfg.dataset_config else str(prepare_data(uploads, folder, upload_dir))
             cfg.output = str(job_dir / final.name)
             plan, text = preview_plan(cfg)
         except BaseException:
@@ -190,7 +190,7 @@ class TrainingJob:
         # a folder of its own per request: two pages previewing at once never delete each other's files
         target = Path(tempfile.mkdtemp(prefix=".preview-", dir=self.upload_dir))
         try:
-            cfg.data = str(prepare_data(uploads, folder, target))
+            cfg.data = "" if cfg.dataset_config else str(prepare_data(uploads, folder, target))
             cfg.output = str(self.work_dir / "preview.safetensors")  # nothing is written; the plan needs a name
             return preview_plan(cfg)[1]
         finally:
