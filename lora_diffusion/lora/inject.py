@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -56,6 +56,7 @@ def inject_adapter(
     kind: str = "unet",
     dtype: torch.dtype | None = None,
     presets: Mapping[str, Sequence[str]] | None = None,
+    module_config: Callable[[str], LoraConfig | None] | None = None,
 ) -> list[str]:
     """Add a fresh adapter ``name`` to every module of ``model`` that ``targets`` select.
 
@@ -64,7 +65,8 @@ def inject_adapter(
     must match at least one Linear/Conv2d, else ``UserError`` names it. The whole
     model is frozen; only the new A/B (and bias deltas, per ``config.bias``) train.
     ``presets`` are the base family's preset patterns (``Family.target_presets``; default: the SD UNet's).
-    Returns the wrapped module paths.
+    ``module_config(path)`` gives a selected module its own config (block-wise ranks, ``lora/blocks.py``) or None
+    to leave it out. Returns the wrapped module paths.
     """
     patterns = resolve_patterns(targets, kind, presets)
     modules = list(base_modules(model))
@@ -80,9 +82,10 @@ def inject_adapter(
         p.requires_grad_(False)
     wrapped: list[str] = []
     for path, module in modules:
-        if path in selected:
+        own = (module_config(path) if module_config else config) if path in selected else None
+        if own is not None:
             layer = wrap_module(model.get_submodule(path))
-            layer.add_adapter(name, config, dtype=dtype)
+            layer.add_adapter(name, own, dtype=dtype)
         elif config.bias == "all" and getattr(module, "bias", None) is not None:
             layer = wrap_module(model.get_submodule(path))
             layer.add_adapter(name, config, rank=0, with_bias_delta=True, dtype=dtype)

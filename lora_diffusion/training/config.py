@@ -69,6 +69,8 @@ class TrainConfig:
     masked_loss: str = field(default="auto", metadata={"help": "weight the loss by per-image masks: a same-name image in a masks/ folder beside the images (white counts, black is ignored): auto (when such files exist), on (also the images' alpha channels), off"})
     train_text_encoder: bool = field(default=False, metadata={"help": "also train LoRA in the text encoder"})
     targets: str | None = field(default=None, metadata={"help": "UNet target preset: attn, attn-ff or full (derived: the base's profile)"})
+    block_lr: str = field(default="", metadata={"help": "block-wise learning-rate weights, BLOCK=WEIGHT,... over module path prefixes (down=0.5,mid_block=1,up_blocks.1=2; transformer_blocks.0-5=0 for index ranges; 0 leaves a block untrained, without LoRA), or a preset: out-only, in-only"})
+    block_ranks: str = field(default="", metadata={"help": "block-wise ranks, BLOCK=RANK,... as --block-lr (0: no LoRA there); every module keeps the run's alpha (kohya's block_dims); the file keeps each module's rank"})
     text_targets: str = field(default="attn", metadata={"help": "text-encoder target preset"})
     init: str = field(default="kaiming", metadata={"help": "initialisation of A"})
     network: str = field(default="lora", metadata={"help": "adapter type: lora (B·A), loha or lokr (LyCORIS; saved in the layout A1111/ComfyUI load)"})

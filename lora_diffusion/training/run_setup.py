@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +19,8 @@ from ..data.masks import masked_loss_mode
 from ..errors import UserError
 from ..families import family_of
 from ..lora.config import LoraConfig
-from ..lora.inject import inject_adapter, parameter_report
+from ..lora.blocks import block_value, parse_blocks, unmatched
+from ..lora.inject import base_modules, inject_adapter, lora_layers, parameter_report
 from ..models.base_precision import QUANTIZED, check_quantization_available, quantize_frozen
 from ..models.loading import load_pipeline
 from ..startup import job_started_at, wait_for_gpu_warmup
@@ -324,7 +325,7 @@ def _inject_lora(cfg: TrainConfig, model, text_encoders: dict, presets) -> dict[
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, init=cfg.init, dropout=cfg.lora_dropout, network=cfg.network,
                       dora=cfg.dora, factor=cfg.lokr_factor)
-    inject_adapter(model, ADAPTER, lora, cfg.targets, presets=presets)
+    inject_adapter(model, ADAPTER, lora, cfg.targets, presets=presets, module_config=_block_configs(cfg, model, lora))
     trained = {"unet": model}
     if cfg.train_text_encoder:
         for role, encoder in text_encoders.items():
@@ -342,6 +343,36 @@ def _inject_lora(cfg: TrainConfig, model, text_encoders: dict, presets) -> dict[
             for encoder in text_encoders.values():
                 encoder.gradient_checkpointing_enable()
     return trained
+
+
+def _block_configs(cfg: TrainConfig, model, lora: LoraConfig):
+    """``--block-lr``/``--block-ranks``: each module's LoRA config (its block's rank, the run's alpha),
+    None for a block left untrained; None when neither is given."""
+    if not cfg.block_lr and not cfg.block_ranks:
+        return None
+    lr_entries, rank_entries = block_entries(cfg)
+    paths = [path for path, _ in base_modules(model)]
+    for flag, entries in (("--block-lr", lr_entries), ("--block-ranks", rank_entries)):
+        missing = unmatched(entries, paths)
+        if missing:
+            raise UserError(f"{flag}: block {missing[0]!r} matches no module of this base's denoiser; its blocks are "
+                            f"named like {', '.join(dict.fromkeys('.'.join(p.split('.')[:2]) for p in paths[:200]))}")
+
+    def config_for(path: str) -> LoraConfig | None:
+        rank = int(block_value(path, rank_entries, lora.rank))
+        if block_value(path, lr_entries, 1.0) == 0 or rank == 0:
+            return None
+        # one alpha for every module, as kohya's block_dims with its default block_alphas: diffusers' loader reads
+        # a single alpha for a whole file (measured: per-module alphas were dropped there)
+        return lora if rank == lora.rank else replace(lora, rank=rank, alpha=lora.effective_alpha)
+
+    return config_for
+
+
+def block_entries(cfg: TrainConfig) -> tuple[list, list]:
+    """(learning-rate weight entries, rank entries) of ``--block-lr`` and ``--block-ranks``."""
+    return (parse_blocks(cfg.block_lr, "--block-lr") if cfg.block_lr else [],
+            parse_blocks(cfg.block_ranks, "--block-ranks", int) if cfg.block_ranks else [])
 
 
 def _step_inputs(cfg: TrainConfig, data: TrainingData, vae, conditioning, text_encoders: dict,
@@ -379,11 +410,24 @@ def _quantize_base(cfg: TrainConfig, model, text_encoders: dict, device: torch.d
               f"{precision if precision != 'no' else 'fp32'}", file=sys.stderr)
 
 
+def _denoiser_groups(cfg: TrainConfig, model) -> list[dict]:
+    """The denoiser's LoRA weights as optimizer groups: one at ``lr``, or one per ``--block-lr`` weight."""
+    lr_entries = block_entries(cfg)[0]
+    if not lr_entries:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    by_weight: dict[float, list] = {}
+    for path, layer in lora_layers(model).items():
+        params = [p for p in layer.parameters() if p.requires_grad]
+        by_weight.setdefault(block_value(path, lr_entries, 1.0), []).extend(params)
+    return [{"params": params, "lr": cfg.lr * weight, "block_lr_weight": weight}
+            for weight, params in sorted(by_weight.items())]
+
+
 def _optimizer(cfg: TrainConfig, model, text_encoders: dict, device: torch.device):
     """The optimizer over the LoRA weights (the text encoders' at their own rate), its schedule, and the weights."""
     from diffusers.optimization import get_scheduler
 
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    groups = _denoiser_groups(cfg, model)
     if cfg.train_text_encoder:
         te_params = [p for encoder in text_encoders.values() for p in encoder.parameters() if p.requires_grad]
         groups.append({"params": te_params, "lr": cfg.text_encoder_lr})
