@@ -15,6 +15,7 @@ from ..lora.config import INIT_CHOICES, NETWORK_CHOICES
 from ..lora.targets import TEXT_PRESETS, UNET_PRESETS
 from ..models.precisions import BASE_PRECISIONS
 from .optimizers import OPTIMIZERS
+from .trackers import CHOICES as TRACKER_CHOICES
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -30,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "save_dtype": ("fp16", "bf16", "fp32"),
     "offload_encoders": ("auto", "on", "off"),
     "masked_loss": ("auto", "on", "off"),
+    "log_with": TRACKER_CHOICES,
     "nan_policy": ("skip", "stop"),
     "compile_mode": ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
     "timestep_sampling": ("auto", "uniform", "sigmoid", "logit-normal", "shift", "flux-shift"),
@@ -116,6 +118,7 @@ class TrainConfig:
     resume: str = field(default="", metadata={"help": "latest or a checkpoint folder"})
     save_dtype: str = field(default="fp16", metadata={"help": "dtype of the adapter file"})
     log_dir: str = field(default="", metadata={"help": "TensorBoard and JSONL logs (default: next to the output)"})
+    log_with: str = field(default="auto", metadata={"help": "experiment trackers through accelerate: auto (TensorBoard when installed), none, tensorboard, wandb (offline without WANDB_API_KEY) or all"})
     record_paths: bool = field(default=False, metadata={"help": "store the data folder's absolute path in the adapter metadata"})
 
     def validate(self) -> "TrainConfig":

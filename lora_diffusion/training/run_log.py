@@ -31,7 +31,7 @@ class RunLog:
         self.tracker = self.jsonl = None
         if self.main:
             run.paths.logs.mkdir(parents=True, exist_ok=True)
-            self.tracker = _tensorboard(run.paths.logs)
+            self.tracker = _trackers(run)
             self.jsonl = (run.paths.logs / "train_log.jsonl").open("a")
         run.clock.mark("data and set-up")
         self.bar = _progress(self.cfg.steps, self.start_step, enabled=self.progress)
@@ -61,10 +61,8 @@ class RunLog:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tracker:
-            self.tracker.add_scalar("train/loss", loss, step)
-            self.tracker.add_scalar("train/lr", lr, step)
-            if val_loss is not None:
-                self.tracker.add_scalar("val/loss", val_loss, step)
+            values = {"train/loss": loss, "train/lr": lr} | ({} if val_loss is None else {"val/loss": val_loss})
+            self.tracker.log(values, step=step)
         if self.on_step:
             self.on_step(record | {"steps": self.cfg.steps, "elapsed": time.time() - self.clock.started})
         self.bar.update(1)
@@ -112,15 +110,22 @@ class RunLog:
         if self.jsonl:
             self.jsonl.close()
         if self.tracker:
-            self.tracker.close()
+            self.tracker.end_training()
 
 
-def _tensorboard(log_dir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
+def _trackers(run):
+    """accelerate's trackers of ``--log-with`` started for this run (None without any): TensorBoard under the log
+    folder, wandb offline unless it can reach its server."""
+    from .trackers import PROJECT, tracker_config, wandb_offline_if_needed
+
+    accelerator = run.accelerator
+    if not accelerator.log_with:
         return None
-    return SummaryWriter(str(log_dir / "tensorboard"))
+    names = [str(getattr(t, "value", t)) for t in accelerator.log_with]
+    wandb_offline_if_needed(names, report=True)
+    accelerator.init_trackers(PROJECT, config=tracker_config(run.cfg),
+                              init_kwargs={"wandb": {"dir": str(run.paths.logs), "name": run.paths.output.stem}})
+    return accelerator
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -35,6 +35,7 @@ from .optimizers import make_optimizer
 from .plan import BaseFacts, DeviceFacts, Plan, complete_plan, plan_device
 from .sample_prompts import parse_sample_prompts
 from .step_inputs import StepInputs, encode_pass_batch
+from .trackers import trackers_for
 from .validation_loss import ValidationLoss, split_examples, validation_interval
 
 ADAPTER = "lora"  # the adapter name LoRA layers hold the trained side path under
@@ -209,8 +210,10 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     # bf16 runs the frozen base in bf16 with no autocast (fp32 adapter weights, cast per LoRA layer):
     # autocast would run every GroupNorm in fp32 and keep fp32 activations, +15-25% memory on SDXL.
     # fp16 keeps accelerate's autocast and loss scaling, which fp16's narrow range needs.
+    trackers = trackers_for(cfg.log_with)
     accelerator = Accelerator(mixed_precision="fp16" if precision == "fp16" else "no",
-                              gradient_accumulation_steps=cfg.gradient_accumulation, cpu=device.kind == "cpu")
+                              gradient_accumulation_steps=cfg.gradient_accumulation, cpu=device.kind == "cpu",
+                              log_with=trackers or None, project_dir=str(paths.logs))
     check_quantization_available(cfg.base_precision, accelerator.device)
     weight_dtype = DTYPES[precision]
 
