@@ -319,3 +319,36 @@ def test_flow_settings_on_a_ddpm_base_are_one_line(tiny_base, squares, tmp_path,
         "error: --timestep-sampling, --discrete-flow-shift and --train-guidance apply to rectified-flow bases "
         "(FLUX.1, SD3); this base trains with DDPM noise: use --min-timestep/--max-timestep or --min-snr-gamma "
         "instead")
+
+
+def test_the_guides_features_train_flux_too(flux_base, style_folder, tmp_path):
+    """Issue 33 on a DiT: subsets with class images, masks, block-wise rates and ranks on the double/single blocks,
+    a validation split, kohya sample prompts and the schedule-free optimizer, in one run."""
+    import shutil
+
+    from PIL import Image
+    from safetensors import safe_open
+
+    me, reg = tmp_path / "me", tmp_path / "reg"
+    shutil.copytree(style_folder, me)
+    shutil.copytree(style_folder, reg)
+    (me / "masks").mkdir()
+    for i in range(4):
+        Image.new("L", (32, 32), 255).crop((0, 0, 32, 16)).resize((32, 32)).save(me / "masks" / f"{i}.png")
+    config = tmp_path / "dataset.yaml"
+    config.write_text(f"subsets:\n  - {{folder: {me}, repeats: 2}}\n  - {{folder: {reg}, is_reg: true}}\n")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square --w 32 --h 48 --s 2 --d 5\n")
+    records = []
+    out = tmp_path / "f.safetensors"
+    cfg = TrainConfig(base=flux_base, dataset_config=str(config), output=str(out), resolution=32, steps=4,
+                      batch_size=2, rank=4, alpha=4, seed=1, block_lr="double=0.5", block_ranks="single=2",
+                      validation_split=0.2, validation_every=2, sample_prompts=str(prompts), sample_every=2,
+                      optimizer="adamw-schedulefree", prior_loss_weight=0.5)
+    train(cfg, progress=False, on_step=records.append)
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert Image.open(tmp_path / "f-logs" / "samples" / "step_000004-00.png").size == (32, 48)
+    with safe_open(str(out), "pt") as f:
+        single = next(k for k in f.keys() if k.startswith("lora_unet_single_blocks_") and k.endswith("lora_down.weight"))
+        double = next(k for k in f.keys() if k.startswith("lora_unet_double_blocks_") and k.endswith("lora_down.weight"))
+        assert (f.get_tensor(single).shape[0], f.get_tensor(double).shape[0]) == (2, 4)

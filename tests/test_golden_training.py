@@ -20,9 +20,14 @@ import torch
 
 from lora_diffusion.training.config import TrainConfig
 from lora_diffusion.training.trainer import train
-from test_train import style_folder as data  # noqa: F401 - the same four captioned squares
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data(style_folder):
+    """The trainer tests' four captioned squares: the record was made on them."""
+    return style_folder
 
 RECORD = Path(__file__).parent / "golden" / "training.json"
 VERSIONS = ("torch", "diffusers", "transformers")

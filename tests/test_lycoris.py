@@ -270,7 +270,10 @@ def test_merge_resize_inspect_and_convert_say_what_they_accept(tmp_path, capsys)
         torch.testing.assert_close(back.modules[key].delta(), module.delta())
 
 
-from test_train import style_folder as squares  # noqa: E402,F401 - the same four captioned squares
+@pytest.fixture
+def squares(style_folder):
+    """The trainer tests' four captioned squares (this module's LoRA-file tests above use them too)."""
+    return style_folder
 
 
 @pytest.mark.parametrize("network, dora", [("loha", False), ("lokr", False), ("lora", True)])
