@@ -12,10 +12,11 @@ from .. import __version__
 from ..errors import UserError
 from ..startup import mark_process_start, skip_unused_imports, warm_gpu_in_background
 from .signals import handle_termination, interrupted_exit_code
-from . import bake_cmd, convert_cmd, extract_cmd, generate_cmd, grid_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
+from . import bake_cmd, caption_cmd, convert_cmd, extract_cmd, generate_cmd, grid_cmd, inspect_cmd, merge_cmd, quickstart_cmd, resize_cmd, train_cmd, ui_cmd
 
 # each subcommand module provides add_parser(subparsers) -> parser whose default `run` is set
-COMMANDS = [train_cmd, generate_cmd, grid_cmd, ui_cmd, inspect_cmd, convert_cmd, merge_cmd, bake_cmd, extract_cmd, resize_cmd, quickstart_cmd]
+COMMANDS = [train_cmd, generate_cmd, grid_cmd, ui_cmd, inspect_cmd, convert_cmd, merge_cmd, bake_cmd, extract_cmd, resize_cmd,
+            quickstart_cmd, caption_cmd]
 
 
 class OneLineParser(argparse.ArgumentParser):
