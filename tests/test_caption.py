@@ -24,7 +24,7 @@ def tiny_blip(tmp_path_factory):
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(WORDS)}, do_lower_case=True)
     tokenizer.bos_token = "[CLS]"
     layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = BlipConfig(text_config=dict(vocab_size=len(WORDS), max_position_embeddings=64, bos_token_id=2,
+    config = BlipConfig(text_config=dict(vocab_size=len(WORDS), max_position_embeddings=128, bos_token_id=2,
                                          sep_token_id=3, pad_token_id=0, **layers),
                         vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=32)
     torch.manual_seed(0)
@@ -113,3 +113,19 @@ def test_long_captions_for_the_t5_bases():
     from lora_diffusion.data.captioner import detail_for
 
     assert [detail_for(f) for f in ("flux", "sd3", "sdxl", "sd1", None)] == ["long", "long", "short", "short", "short"]
+
+
+def test_train_auto_caption_trains_on_a_bare_folder(tiny_blip, tiny_base, tmp_path):
+    from lora_diffusion.training.config import TrainConfig
+    from lora_diffusion.training.trainer import train
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (80 * i, 40, 200)).save(bare / f"{i}.png")
+    cfg = TrainConfig(base=tiny_base, data=str(bare), output=str(tmp_path / "a.safetensors"), resolution=32, steps=2,
+                      batch_size=2, auto_caption=True, caption_model=tiny_blip)
+    result = train(cfg, progress=False)
+    assert result.steps == 2 and not result.skipped
+    assert sorted(p.name for p in bare.glob("*.txt")) == ["0.txt", "1.txt", "2.txt"]
+    assert (bare / "0.txt").read_text().startswith("red red")

@@ -195,6 +195,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     paths = RunPaths.of(cfg)
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
     dataset = dataset_of(cfg)
+    if cfg.auto_caption:
+        _auto_caption(cfg, dataset, progress)
     examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data", dataset)
     require_examples(examples, skipped)
     examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
@@ -299,6 +301,36 @@ def _add_class_images(cfg: TrainConfig, pipe, accelerator, dataset: DatasetConfi
     scan = scan_folder(subset.folder, cfg.class_prompt)
     examples += [Example(e.path, e.caption, 1, number) for e in scan.examples]
     return dataset
+
+
+def _auto_caption(cfg: TrainConfig, dataset: DatasetConfig | None, progress: bool) -> None:
+    """``--auto-caption``: a caption beside every image of the data folder(s) that has none, made with
+    ``--caption-model`` before the base loads (the captioner is freed first), long for bases whose text encoder
+    reads long captions."""
+    from ..data.captioner import detail_for, load_captioner
+    from ..data.captioning import CaptionOptions, caption_folder, images_to_caption
+    from ..families import family_of_base
+
+    folders = [(s.folder, s.caption_extension) for s in dataset.subsets] if dataset else [(cfg.data, cfg.caption_extension)]
+    todo = {ext: images_to_caption(folder, CaptionOptions(extension=ext))[0] for folder, ext in folders
+            if not looks_like_hub_id(folder)}
+    count = sum(len(paths) for paths in todo.values())
+    if not count:
+        return
+    try:
+        family = family_of_base(cfg.base)
+    except UserError:
+        family = None
+    detail = detail_for(family.name if family else None)
+    captioner = load_captioner(cfg.caption_model, max_new_tokens=256 if detail == "long" else 77)
+    for extension, paths in todo.items():
+        caption_folder(paths, lambda images: captioner.caption(images, detail), CaptionOptions(extension=extension),
+                       batch_size=8 if captioner.device.type == "cuda" else 2, progress=progress)
+    print(f"auto-caption: {count} images captioned with {cfg.caption_model} ({detail}), written beside them",
+          file=sys.stderr)
+    captioner.model.to("cpu")  # the GPU is the trainer's from here
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _sample_prompts(cfg: TrainConfig, size: int) -> list:
