@@ -349,6 +349,9 @@ def test_the_guides_features_train_flux_too(flux_base, style_folder, tmp_path):
     assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
     assert Image.open(tmp_path / "f-logs" / "samples" / "step_000004-00.png").size == (32, 48)
     with safe_open(str(out), "pt") as f:
-        single = next(k for k in f.keys() if k.startswith("lora_unet_single_blocks_") and k.endswith("lora_down.weight"))
-        double = next(k for k in f.keys() if k.startswith("lora_unet_double_blocks_") and k.endswith("lora_down.weight"))
-        assert (f.get_tensor(single).shape[0], f.get_tensor(double).shape[0]) == (2, 4)
+        single = next(k for k in f.keys() if k.startswith("lora_unet_single_blocks_") and
+                      k.endswith("linear1.lora_down.weight"))
+        double = next(k for k in f.keys() if k.startswith("lora_unet_double_blocks_") and
+                      k.endswith("img_attn_proj.lora_down.weight"))
+        # single blocks' linear1 fuses q, k and v: three rank-2 LoRAs side by side
+        assert (f.get_tensor(single).shape[0], f.get_tensor(double).shape[0]) == (6, 4)
