@@ -2,6 +2,8 @@
 with the guides' options applied, existing captions kept, stopped runs resumed; tested on a tiny random BLIP built
 from a config (no download)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -129,3 +131,57 @@ def test_train_auto_caption_trains_on_a_bare_folder(tiny_blip, tiny_base, tmp_pa
     assert result.steps == 2 and not result.skipped
     assert sorted(p.name for p in bare.glob("*.txt")) == ["0.txt", "1.txt", "2.txt"]
     assert (bare / "0.txt").read_text().startswith("red red")
+
+
+TAGS = [("9999", "general", "9"), ("1", "red_theme", "0"), ("2", "blue_theme", "0"), ("3", "simple_background", "0"),
+        ("4", "hatsune_miku", "4")]
+
+
+@pytest.fixture(scope="module")
+def tiny_tagger(tmp_path_factory):
+    """A WD14-layout tagger (16 px NHWC BGR input, sigmoid scores; model.onnx + selected_tags.csv): the channel
+    means decide the scores, so a red image is tagged red_theme and a blue one blue_theme."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path_factory.mktemp("tagger")
+    # columns: rating, red_theme, blue_theme, simple_background, hatsune_miku; inputs are B, G, R means (0-255)
+    weights = np.array([[0, -0.1, 0.1, 0.005, -1], [0, 0, 0, 0.005, -1], [0, 0.1, -0.1, 0.005, -1]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input_1:0", "axes"], ["mean"], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["predictions_sigmoid"])],
+        "tiny_wd14", [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["batch", 16, 16, 3])],
+        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, ["batch", len(TAGS)])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(folder / "model.onnx"))
+    rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},100" for i, n, c in TAGS]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def test_tags_from_a_wd14_tagger_with_thresholds_and_options(tiny_tagger, tmp_path, capsys):
+    folder = tmp_path / "anime"
+    folder.mkdir()
+    Image.new("RGB", (20, 12), (230, 20, 20)).save(folder / "red.png")
+    Image.new("RGB", (20, 12), (20, 20, 230)).save(folder / "blue.png")
+    assert main(["caption", str(folder), "--tags", "--model", tiny_tagger, "--trigger-word", "sks",
+                 "--blacklist", "simple background", "--quiet"]) == 0
+    assert (folder / "red.txt").read_text() == "sks, red theme\n"  # no rating tag, no character under 0.85
+    assert (folder / "blue.txt").read_text() == "sks, blue theme\n"
+    assert main(["caption", str(folder), "--tags", "--model", tiny_tagger, "--overwrite", "--threshold", "0.99",
+                 "--quiet"]) == 0
+    assert (folder / "red.txt").read_text() == "red theme\n"  # sigmoid(0.1 × 210) ≥ 0.99; simple background 0.91 (white padding counts)
+    assert "wrote 2 captions (tags)" in capsys.readouterr().out
+
+
+def test_a_tagger_folder_without_its_tag_list_is_one_line(tiny_tagger, tmp_path):
+    from lora_diffusion.data.tagger import load_tagger
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes((Path(tiny_tagger) / "model.onnx").read_bytes())
+    with pytest.raises(UserError, match=r"^tagger folder .* has no selected_tags\.csv; a WD14 tagger folder holds "
+                                        r"model\.onnx and selected_tags\.csv$"):
+        load_tagger(str(broken))

@@ -18,9 +18,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "captioned images are skipped.",
     )
     parser.add_argument("folder", metavar="FOLDER", help="folder of images (nested folders too)")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
+    parser.add_argument("--model", default=None,
                         help=f"hub id or local folder of a vision-language model transformers loads as "
-                             f"image-text-to-text (Florence-2, BLIP, GIT, Qwen2.5-VL, SmolVLM, ...) [default: {DEFAULT_MODEL}]")
+                             f"image-text-to-text (Florence-2, BLIP, GIT, Qwen2.5-VL, SmolVLM, ...), or of a WD14 "
+                             f"tagger with --tags [default: {DEFAULT_MODEL}]")
+    parser.add_argument("--tags", action="store_true",
+                        help="danbooru-style tags from a WD14 tagger (onnxruntime) instead of sentences; --model is "
+                             "then a tagger's hub id or folder (model.onnx + selected_tags.csv) [default tagger: "
+                             "SmilingWolf/wd-swinv2-tagger-v3]")
+    parser.add_argument("--threshold", type=float, default=0.35, help="--tags: general tags at or above this [default: 0.35]")
+    parser.add_argument("--character-threshold", type=float, default=0.85,
+                        help="--tags: character tags at or above this [default: 0.85]")
     parser.add_argument("--for", dest="family", default=None,
                         help="the base the captions are for: flux or sd3 get long detailed captions, sd1/sd2/sdxl/"
                              "builtin short ones [default: short]")
@@ -43,6 +51,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _captioner(args: argparse.Namespace):
+    """(model name, what it writes, images → texts, batch size) for ``--tags`` or a vision-language model."""
+    from ..errors import UserError
+
+    if args.tags:
+        from ..data.tagger import DEFAULT_TAGGER, load_tagger
+
+        if not (0 < args.threshold <= 1 and 0 < args.character_threshold <= 1):
+            raise UserError("--threshold and --character-threshold are probabilities in (0, 1]")
+        model = args.model or DEFAULT_TAGGER
+        tagger = load_tagger(model, args.device)
+        return model, "tags", lambda images: tagger.tags(images, args.threshold, args.character_threshold), \
+            args.batch_size or 4
+    from ..data.captioner import DEFAULT_MODEL, detail_for, load_captioner
+
+    model, detail = args.model or DEFAULT_MODEL, detail_for(args.family)
+    captioner = load_captioner(model, args.device, args.max_length or (256 if detail == "long" else 77))
+    batch = args.batch_size or (8 if captioner.device.type == "cuda" else 2)
+    return model, detail, lambda images: captioner.caption(images, detail), batch
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.captioning import CaptionOptions, caption_folder, images_to_caption, parse_replacements
     from ..errors import UserError
@@ -63,17 +92,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not todo:
         return 0
-    from ..data.captioner import detail_for, load_captioner
-
-    detail = detail_for(args.family)
     started = time.time()
-    captioner = load_captioner(args.model, args.device, args.max_length or (256 if detail == "long" else 77))
-    batch = args.batch_size or (8 if captioner.device.type == "cuda" else 2)
+    model, detail, caption, batch = _captioner(args)
     loaded = time.time()
-    written, skipped = caption_folder(todo, lambda images: captioner.caption(images, detail), options, batch,
-                                      progress=not args.quiet)
+    written, skipped = caption_folder(todo, caption, options, batch, progress=not args.quiet)
     seconds = time.time() - loaded
-    print(f"wrote {written} captions ({detail}) with {args.model} in {seconds:.0f} s "
+    print(f"wrote {written} captions ({detail}) with {model} in {seconds:.0f} s "
           f"({written / max(seconds, 1e-9):.2f} images/s; model loaded in {loaded - started:.0f} s)"
           + (f"; skipped {len(skipped)} unreadable images" if skipped else ""))
     return 0
