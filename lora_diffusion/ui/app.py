@@ -66,6 +66,7 @@ class UiState:
         self.engine = GenerationEngine(device=device, dtype=generation_dtype(dtype, device))
         self.engine_lock = threading.Lock()  # the engine re-blends weights in place: one request at a time
         self.job = TrainingJob(self.library)
+        self._captioner = None  # the Train tab's captioner, loaded on the first Caption press
         # served beyond this machine: bases and data folders typed into the page must be ones the server offers
         self.confine_paths = confine_paths
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
@@ -85,10 +86,55 @@ class UiState:
         if not folder or not self.confine_paths:
             return folder
         resolved = Path(folder).expanduser().resolve()
+        if self.caption_dir.resolve() in resolved.parents:
+            return folder  # uploads this page unpacked to caption them
         if self.data_dir is None or (resolved != self.data_dir and self.data_dir not in resolved.parents):
             raise UserError(f"image folder {folder!r} is not offered by this server; upload the images instead "
                             "(while others can reach it, the server reads folders only inside --data-dir)")
         return folder
+
+    # ---- captions ---------------------------------------------------------------------------
+    @property
+    def caption_dir(self) -> Path:
+        """Where uploads are unpacked to be captioned (and then trained on from there)."""
+        return self.job.upload_dir / "captioning"
+
+    def caption_grid(self, files: list | None, folder: str, base: str, caption_now: bool) -> tuple[str, list, str]:
+        """(the folder the grid edits, [image, caption] rows, a status line); ``caption_now`` first writes a caption
+        for every image without one, with the default captioner."""
+        import secrets
+
+        from .captions import caption_missing, caption_rows
+        from .jobs import prepare_data
+
+        folder = self.checked_folder(folder)
+        if folder:
+            if not Path(folder).is_dir():
+                raise UserError(f"image folder {folder!r} does not exist")
+        else:
+            folder = str(prepare_data(_upload_paths(files), "", self.caption_dir / secrets.token_hex(8)))
+        written = 0
+        if caption_now:
+            from ..data.captioner import DEFAULT_MODEL, detail_for, load_captioner
+            from ..families import family_of_base
+
+            with self.engine_lock:  # one model on the device at a time
+                if self._captioner is None:
+                    self._captioner = load_captioner(DEFAULT_MODEL)
+                family = family_of_base(self.checked_base(base))
+                written = caption_missing(Path(folder), self._captioner, detail_for(family.name if family else None))
+        rows = caption_rows(Path(folder))
+        return folder, rows, f"{written} captions written; {len(rows)} images in {Path(folder).name}. Edit the grid, then Save."
+
+    def save_caption_grid(self, folder: str, rows) -> str:
+        """The grid's captions written beside their images."""
+        from .captions import save_rows
+
+        folder = self.checked_folder(folder)
+        if not folder or not Path(folder).is_dir():
+            raise UserError("load a folder into the caption grid first (Caption or Load captions)")
+        saved = save_rows(Path(folder), _grid_rows(rows))
+        return f"saved {saved} captions in {Path(folder).name}"
 
     def checked_dataset_config(self, path: str) -> str:
         """A dataset config on the server a request may train with: when confined, the file and every folder it
@@ -368,6 +414,13 @@ def _base_defaults(base: str):
     return gr.update(choices=names, value=sampler), steps, guidance
 
 
+def _grid_rows(rows) -> list[list[str]]:
+    """A Dataframe's value (pandas frame or list of rows) as [[image, caption], ...]."""
+    if hasattr(rows, "values") and hasattr(rows, "columns"):
+        rows = rows.values.tolist()
+    return [[str(r[0]), "" if r[1] is None else str(r[1])] for r in (rows or []) if len(r) >= 2 and str(r[0])]
+
+
 def _upload_paths(files: list | None) -> list[str]:
     return [str(getattr(f, "name", f)) for f in (files or [])]
 
@@ -588,6 +641,35 @@ def _compare_panel(lora_names: list[str]) -> dict:
     return c
 
 
+def _caption_panel(state: UiState, c: dict, base) -> None:
+    """Caption (uploads are unpacked into a folder first, which the run then trains on) → an editable grid →
+    find/replace and trigger word for all → Save writes the .txt files beside the images."""
+    import gradio as gr
+
+    from .captions import bulk_edit
+
+    with gr.Row():
+        caption = gr.Button("Caption the images without one", elem_id="caption-button")
+        load = gr.Button("Load captions", elem_id="caption-load")
+    grid = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], type="array", col_count=(2, "fixed"),
+                        interactive=True, wrap=True, elem_id="caption-grid", label="Captions (edit a cell, then Save)")
+    with gr.Row():
+        find = gr.Textbox(label="Find", elem_id="caption-find")
+        replace = gr.Textbox(label="Replace with", elem_id="caption-replace")
+        trigger = gr.Textbox(label="Put in front of every caption", elem_id="caption-trigger")
+    with gr.Row():
+        apply = gr.Button("Apply to all", elem_id="caption-apply")
+        save = gr.Button("Save captions", variant="primary", elem_id="caption-save")
+    status = gr.Markdown("", elem_id="caption-status")
+    for button, now in ((caption, True), (load, False)):
+        button.click(_user_errors(lambda files, folder, b, now=now: state.caption_grid(files, folder, b, now)),
+                     inputs=[c["files"], c["folder"], base], outputs=[c["folder"], grid, status])
+    apply.click(_user_errors(lambda rows, f, r, t: bulk_edit(_grid_rows(rows), f or "", r or "", t or "")),
+                inputs=[grid, find, replace, trigger], outputs=grid)
+    save.click(_user_errors(state.save_caption_grid), inputs=[c["folder"], grid], outputs=status,
+               api_name="save_captions")
+
+
 def _more_train_fields(c: dict) -> None:
     """The Train tab's less common settings, each a key of ``lora-diffusion train`` at the CLI's default."""
     import gradio as gr
@@ -621,6 +703,9 @@ def _train_tab(state: UiState, base) -> dict:
             c["folder"] = gr.Textbox(label="…or an image folder on the server", elem_id="train-folder")
             c["caption"] = gr.Textbox(label="Caption for images without a .txt", elem_id="train-caption")
             c["trigger"] = gr.Textbox(label="Trigger word", placeholder="sks style")
+            with gr.Accordion("Captions: caption the images, then review and edit them", open=False,
+                              elem_id="caption-panel"):
+                _caption_panel(state, c, base)
         with gr.Column():
             with gr.Row():
                 for key, label in TRAIN_FIELDS.items():
