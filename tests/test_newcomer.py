@@ -163,7 +163,8 @@ def test_sigterm_keeps_the_finished_steps_as_ctrl_c_does_and_exits_143(tmp_path,
     assert (tmp_path / "t-partial-step000002.safetensors").is_file() and not out.exists()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["generate", "--help"], ["train", "--ouptut", "x"],
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["generate", "--help"], ["caption", "--help"],
+                                  ["train", "--ouptut", "x"],
                                   ["inspect", "no-such.safetensors"]])
 def test_help_typos_and_file_checks_answer_without_importing_torch(argv):
     """`--help`, a mistyped flag and a missing file are answered before torch, diffusers or transformers load (they

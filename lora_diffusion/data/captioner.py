@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import UserError
 
 DEFAULT_MODEL = "florence-community/Florence-2-base"  # 0.23 B parameters: good captions per size, CPU-usable
@@ -33,11 +31,13 @@ class Captioner:
     model: object
     processor: object
     kind: str  # florence2, describe (no prompt), chat
-    device: torch.device
+    device: object  # torch.device
     max_new_tokens: int
 
     def caption(self, images: list, detail: str) -> list[str]:
         """One caption per PIL image, as plain text."""
+        import torch
+
         inputs, prompt_tokens = self._inputs(images, detail)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
@@ -59,6 +59,8 @@ class Captioner:
         return self._to_device(inputs), inputs["input_ids"].shape[1]
 
     def _to_device(self, inputs) -> dict:
+        import torch
+
         dtype = next(self.model.parameters()).dtype
         return {k: (v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device))
                 for k, v in inputs.items()}
@@ -67,6 +69,7 @@ class Captioner:
 def load_captioner(model_id: str, device: str | None = None, max_new_tokens: int = 77) -> Captioner:
     """The model and processor of ``model_id`` (hub id or folder; the hub cache only, no download when offline):
     bf16 on a GPU, fp32 on the CPU. Without network and without a cached copy, one line says what to fetch."""
+    import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import UserError
+
+if TYPE_CHECKING:  # the CLI's parser reads the registry's names: no torch import for --help
+    import torch
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,13 @@ class OptimizerKind:
 
     module: str
     package: str
-    build: Callable[..., torch.optim.Optimizer]
+    build: Callable[..., "torch.optim.Optimizer"]
     lr: Callable[[float], tuple[float, str]] = lambda adamw: (adamw, "")
     schedules_itself: bool = False
     evaluation_weights: bool = False  # train()/eval() modes: the files hold the eval-mode weights
 
 
-def _adamw(_module, groups, cfg, device):
+def _adamw(torch, groups, cfg, device):
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
 
@@ -74,7 +75,7 @@ def kind_of(name: str) -> OptimizerKind:
     return OPTIMIZERS[name]
 
 
-def make_optimizer(cfg, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(cfg, groups: list[dict], device: "torch.device") -> "torch.optim.Optimizer":
     """``cfg.optimizer`` over ``groups``; one line names the package to install when it is missing."""
     kind = OPTIMIZERS[cfg.optimizer]
     try:
