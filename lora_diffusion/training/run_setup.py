@@ -184,6 +184,34 @@ def subset_shares(dataset: DatasetConfig, examples: list) -> str:
     return "dataset config:\n" + "\n".join(lines)
 
 
+@dataclass
+class ScannedData:
+    """What the data scan found before any model loads."""
+
+    dataset: DatasetConfig | None  # --dataset-config's subsets
+    examples: list  # the training examples
+    skipped: list
+    held_out: list  # --validation-split's examples
+    masked: bool  # --masked-loss, resolved
+    alpha_masks: bool
+    masks_found: str  # the line that says which masks were found ("" without)
+
+
+def _scan_data(cfg: TrainConfig, paths: RunPaths, progress: bool) -> ScannedData:
+    """The data's examples (captioned first with --auto-caption), split and masks resolved; the sample-prompt file
+    checked — every mistake in them found before a model loads."""
+    dataset = dataset_of(cfg)
+    if cfg.auto_caption:
+        _auto_caption(cfg, dataset, progress)
+    examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data", dataset)
+    require_examples(examples, skipped)
+    examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
+    masked, alpha_masks, found = masked_loss_mode(cfg.masked_loss, [e.path for e in examples])
+    if cfg.sample_prompts:
+        _sample_prompts(cfg, 512)
+    return ScannedData(dataset, examples, skipped, held_out, masked, alpha_masks, found)
+
+
 def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None] | None = None) -> RunState:
     """Everything before the first step, in the order that keeps a mistake cheap: files, plan, models, data.
     ``on_plan`` hears the plan and its printed block as soon as it is derived."""
@@ -194,15 +222,8 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     writable_file(cfg.output, "--output")
     paths = RunPaths.of(cfg)
     # the data folder is scanned (no image decoded) before any model loads: a typo costs a second
-    dataset = dataset_of(cfg)
-    if cfg.auto_caption:
-        _auto_caption(cfg, dataset, progress)
-    examples, skipped = load_examples(cfg, paths.checkpoints / "hub-data", dataset)
-    require_examples(examples, skipped)
-    examples, held_out = split_examples(examples, cfg.validation_split, cfg.seed)
-    masked, alpha_masks, found = masked_loss_mode(cfg.masked_loss, [e.path for e in examples])
-    if cfg.sample_prompts:  # a mistake in the file is found before any model loads
-        _sample_prompts(cfg, 512)
+    scan = _scan_data(cfg, paths, progress)
+    dataset, examples, skipped, held_out = scan.dataset, scan.examples, scan.skipped, scan.held_out
     images = sum(e.repeats for e in examples)
     wait_for_gpu_warmup()
     device = DeviceFacts.detect()
@@ -250,14 +271,14 @@ def set_up(cfg: TrainConfig, progress: bool, on_plan: Callable[[Plan, str], None
     if main and accelerator.num_processes > 1:
         print(f"data-parallel on {accelerator.num_processes} processes ({accelerator.device.type})", file=sys.stderr)
 
-    if found and main and progress:
-        print(found, file=sys.stderr)
+    if scan.masks_found and main and progress:
+        print(scan.masks_found, file=sys.stderr)
     if dataset is not None and main and progress:
         print(subset_shares(dataset, examples), file=sys.stderr)
     data = TrainingData(examples, cfg.resolution, crop=cfg.crop, flip=cfg.flip, bucketing=cfg.bucketing,
                         caption_shuffle=cfg.caption_shuffle, keep_tokens=cfg.keep_tokens,
-                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped, masked=masked,
-                        alpha_masks=alpha_masks, subsets=dataset.subsets if dataset else None)
+                        caption_dropout=cfg.caption_dropout, seed=cfg.seed, skipped=skipped, masked=scan.masked,
+                        alpha_masks=scan.alpha_masks, subsets=dataset.subsets if dataset else None)
     # held-out images are encoded now, while the encoders are still on the device
     validation = (ValidationLoss(held_out, cfg, pipe.vae, conditioning, accelerator.device, cfg.train_text_encoder)
                   if held_out and main else None)
