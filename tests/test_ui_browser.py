@@ -216,3 +216,33 @@ def test_a_library_trigger_word_clicks_into_the_prompt(page):
     page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a blue square, <b>not html</b>'",
                            timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "ui-trigger-word.png"), full_page=True)
+
+
+def test_caption_grid_edits_land_on_disk(page):
+    folder = page.root / "to-caption"
+    folder.mkdir()
+    for image in sorted(EXAMPLES.glob("*.png"))[:2]:
+        shutil.copy(image, folder / image.name)
+    first, second = sorted(p.name for p in folder.glob("*.png"))
+    (folder / first).with_suffix(".txt").write_text("a sepia photo\n")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-folder textarea").fill(str(folder))
+    page.locator("#caption-panel").get_by_text("Captions: caption the images").first.click()  # open the panel
+    page.locator("#caption-load").click()
+    page.wait_for_function("() => document.querySelector('#caption-grid').innerText.includes('a sepia photo')",
+                           timeout=30_000)
+    cell = page.locator("#caption-grid [data-testid='cell-1-1']")  # the second row's caption, empty so far
+    cell.dblclick()
+    editor = cell.locator("textarea, input").first
+    editor.wait_for(timeout=10_000)
+    editor.fill("my typed caption")
+    editor.press("Enter")
+    page.locator("#caption-trigger textarea").fill("sks")
+    page.locator("#caption-apply").click()
+    page.wait_for_function("() => document.querySelector('#caption-grid').innerText.includes('sks, my typed caption')",
+                           timeout=30_000)
+    page.locator("#caption-save").click()
+    page.locator("#caption-status").get_by_text("saved 2 captions").wait_for(timeout=30_000)
+    assert (folder / first).with_suffix(".txt").read_text() == "sks, a sepia photo\n"
+    assert (folder / second).with_suffix(".txt").read_text() == "sks, my typed caption\n"
+    page.screenshot(path=str(ARTIFACTS / "ui-captions.png"), full_page=True)
