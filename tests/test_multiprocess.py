@@ -54,3 +54,30 @@ def test_two_processes_at_batch_2_train_what_one_process_trains_at_batch_4(tiny_
     assert a.keys() == b.keys() and any(a[k].abs().sum() > 0 for k in a if k.endswith("lora_up.weight"))
     for key in a:
         assert float((a[key].float() - b[key].float()).norm()) <= 1e-3 * float(a[key].float().norm()) + 1e-7, key
+
+
+@pytest.mark.slow  # two "machines" over gloo
+def test_two_machines_with_the_multi_node_config_train_what_one_process_trains(tiny_base, tmp_path):
+    """configs/accelerate/multi-node.yaml as README says to use it, one launch per machine (node ranks 0 and 1, one
+    process each, on this host over gloo): the same losses as one process at the global batch, one writer."""
+    data = ROOT / "examples" / "styles" / "sepia"
+    args = ["--base", tiny_base, "--data", str(data), "--resolution", "32", "--steps", "2", "--lr", "5e-3", "--seed",
+            "2", "--rank", "4", "--caption-dropout", "0", "--checkpoint-every", "0", "--quiet"]
+    one = _run([], [*args, "--batch-size", "4"], tmp_path / "one" / "a.safetensors")
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = str(_free_port())
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "configs" / "accelerate" / "multi-node.yaml"), "--machine_rank", str(rank), "--num_processes", "2",
+         "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
+         str(ROOT / "train_scripts" / "train_lora.py"), *args, "--batch-size", "2",
+         "--output", str(tmp_path / "two" / "a.safetensors")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    outputs = [m.communicate(timeout=600) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "data-parallel on 2 processes (cpu)" in outputs[0][1]
+    assert [out.count("wrote ") for out, _ in outputs] == [1, 0]  # machine 0 writes, machine 1 does not
+    logs = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "a-logs" / "train_log.jsonl").open()]
+            for name in ("one", "two")}
+    torch.testing.assert_close(torch.tensor(logs["two"]), torch.tensor(logs["one"]), rtol=1e-5, atol=0)
