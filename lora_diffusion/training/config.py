@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..lora.config import INIT_CHOICES, NETWORK_CHOICES
 from ..lora.targets import TEXT_PRESETS, UNET_PRESETS
 from ..models.precisions import BASE_PRECISIONS
+from ..data.captioner import DEFAULT_MODEL as DEFAULT_CAPTIONER
 from .optimizers import OPTIMIZERS
 from .trackers import CHOICES as TRACKER_CHOICES
 
@@ -62,7 +63,7 @@ class TrainConfig:
     caption: str = field(default="", metadata={"help": "caption for images without one"})
     trigger_word: str = field(default="", metadata={"help": "word put in front of every caption"})
     auto_caption: bool = field(default=False, metadata={"help": "caption the images that have no caption first, with --caption-model (written beside them, so the next run finds them)"})
-    caption_model: str = field(default="florence-community/Florence-2-base", metadata={"help": "the vision-language model of --auto-caption (hub id or local folder)"})
+    caption_model: str = field(default=DEFAULT_CAPTIONER, metadata={"help": "the vision-language model of --auto-caption (hub id or local folder)"})
     caption_extension: str = field(default=".txt", metadata={"help": "extension of caption files"})
     caption_shuffle: bool = field(default=False, metadata={"help": "shuffle comma-separated caption tags"})
     keep_tokens: int = field(default=1, metadata={"help": "leading tags kept in place when shuffling"})
