@@ -727,11 +727,13 @@ def _train_tab(state: UiState, base) -> dict:
             # square-ish cells a grid can fill, full size on a click (one 240 px column made a wide grid a strip)
             samples = gr.Gallery(label="Validation images (click for full size)", columns=3, height=420,
                                  object_fit="contain", allow_preview=True, elem_id="validation-gallery")
-    fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te",
-                                      *MORE_TRAIN_FIELDS)}
-    call, inputs = _by_name(state.preview_training, fields | {"base": base})
+    # the API's order: the first fields and the base as before "More settings" existed (API callers keep working;
+    # the later inputs take their defaults when left out)
+    fields = {key: c[key] for key in ("name", "files", "folder", "caption", "trigger", *TRAIN_FIELDS, "train_te")}
+    fields = fields | {"base": base} | {key: c[key] for key in MORE_TRAIN_FIELDS}
+    call, inputs = _by_name(state.preview_training, fields)
     show_plan.click(_user_errors(call), inputs=inputs, outputs=plan, concurrency_limit=None)
-    call, inputs = _by_name(state.start_training, fields | {"base": base})
+    call, inputs = _by_name(state.start_training, fields)
     start.click(_user_errors(call), inputs=inputs, outputs=[status, plan], concurrency_limit=None,
                 api_name="start_training")
     stop.click(lambda: state.job.stop() or state.train_status()[0], outputs=status, concurrency_limit=None)
