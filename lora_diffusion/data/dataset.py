@@ -152,7 +152,8 @@ class TrainingData:
 
     @property
     def has_reg(self) -> bool:
-        return any(self.is_reg(i) for i in self._subset_heads())
+        """Whether any subset holds regularization images (asked per batch: one look per subset, not per image)."""
+        return any(s.is_reg for s in self.subsets)
 
     def possible_captions(self) -> list[str]:
         """Every caption a step can see when captions are fixed: each example's, and the empty one
