@@ -99,6 +99,9 @@ def test_more_settings_reach_the_run_and_their_defaults_are_the_clis(state, data
     state.start_training("theirs", None, str(data), "", "", False, "builtin", **(AUTO | {"sample_prompts": prompts}))
     state.job.wait()
     assert open(state.started[1].sample_prompts).read() == prompts + "\n"  # the file the trainer reads
+    with pytest.raises(UserError, match=r"^sample prompts: at most 8 lines, --s 100 steps and 2048 px a side"):
+        state.start_training("big", None, str(data), "", "", False, "builtin",
+                             **(AUTO | {"sample_prompts": "a cat --w 4096 --s 1000"}))
     assert {key: getattr(cli, key) for key in MORE_TRAIN_FIELDS} == {
         key: type(getattr(cli, key))(default) for key, (_, default) in MORE_TRAIN_FIELDS.items()}
 

@@ -275,6 +275,7 @@ class UiState:
             path = self.job.work_dir / "sample-prompts" / f"{hashlib.sha256(prompts.encode()).hexdigest()[:16]}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(prompts[:100_000] + "\n", encoding="utf-8")
+            _check_page_samples(path)
             cfg.sample_prompts = str(path)
         return cfg
 
@@ -412,6 +413,20 @@ def _base_defaults(base: str):
         return gr.update(), gr.update(), gr.update()
     names, sampler, steps, guidance = found
     return gr.update(choices=names, value=sampler), steps, guidance
+
+
+PAGE_SAMPLES = (8, 100, 2048)  # a page's sample prompts: lines, steps each, pixels a side (a stranger may send them)
+
+
+def _check_page_samples(path: Path) -> None:
+    """Sample prompts from a page stay small: every sampling of the run draws all of them."""
+    from ..training.sample_prompts import parse_sample_prompts
+
+    lines, steps, side = PAGE_SAMPLES
+    prompts = parse_sample_prompts(path, size=512, steps=20, seed=0, cfg_scale=5.0)
+    if len(prompts) > lines or any(p.steps > steps or max(p.width, p.height) > side for p in prompts):
+        raise UserError(f"sample prompts: at most {lines} lines, --s {steps} steps and {side} px a side on this page "
+                        "(the CLI's --sample-prompts takes more)")
 
 
 def _grid_rows(rows) -> list[list[str]]:
